@@ -1,0 +1,1 @@
+"""Model downloads from the Hugging Face Hub (or a Hub-compatible mirror)."""

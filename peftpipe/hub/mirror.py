@@ -1,0 +1,197 @@
+"""A read-only, Hub-compatible HTTP server over a directory of model repositories.
+
+Clusters without internet keep a mirror of the repositories they use; this server lets
+``huggingface_hub`` (and so the pipeline's real fetch code) download from such a mirror
+with ``HF_ENDPOINT=http://host:port``. It answers the calls ``snapshot_download`` makes:
+repository info with the commit sha, the recursive file tree, and file ``resolve`` with
+the ``X-Repo-Commit`` and ``ETag`` headers, ``HEAD`` and byte ranges (so interrupted
+downloads resume).
+
+Layout of ``root``: ``<root>/<owner>/<name>/<files...>``. The commit sha of a repository is
+derived from the paths and contents of its files, so it changes whenever a file does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+_CHUNK = 1 << 20
+_API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree)/(?P<rev>[^/]+)(?P<rest>/.*)?)?$")
+_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+
+
+@dataclass(frozen=True)
+class RepoFileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class MirrorRoot:
+    """The repositories under ``root`` and, for gated ones, the token each requires."""
+
+    root: Path
+    gated_tokens: dict[str, str] = field(default_factory=dict)
+    _cache: dict[str, tuple[tuple, list[RepoFileEntry]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def repo_dir(self, repo_id: str) -> Path | None:
+        path = (self.root / repo_id).resolve()
+        if self.root.resolve() not in path.parents or not path.is_dir():
+            return None
+        return path
+
+    def files(self, repo_id: str) -> list[RepoFileEntry]:
+        repo = self.repo_dir(repo_id)
+        assert repo is not None
+        paths = sorted(p for p in repo.rglob("*") if p.is_file())
+        stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+        with self._lock:
+            cached = self._cache.get(repo_id)
+            if cached and cached[0] == stamp:
+                return cached[1]
+        entries = [
+            RepoFileEntry(p.relative_to(repo).as_posix(), p.stat().st_size, _sha256(p)) for p in paths
+        ]
+        with self._lock:
+            self._cache[repo_id] = (stamp, entries)
+        return entries
+
+    def commit_sha(self, repo_id: str) -> str:
+        digest = hashlib.sha1()
+        for entry in self.files(repo_id):
+            digest.update(f"{entry.path}\0{entry.sha256}\n".encode())
+        return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    mirror: MirrorRoot  # set on the subclass made by make_server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._route(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._route(send_body=False)
+
+    def _route(self, send_body: bool) -> None:
+        path = unquote(urlsplit(self.path).path)
+        if match := _API.match(path):
+            self._api(match["repo"], match["kind"], match["rev"] or "main", send_body)
+        elif match := _RESOLVE.match(path):
+            self._resolve(match["repo"], match["rev"], match["path"], send_body)
+        else:
+            self._error(HTTPStatus.NOT_FOUND, "RepoNotFound", f"no route for {path}", send_body)
+
+    def _authorised(self, repo_id: str, send_body: bool) -> bool:
+        token = self.mirror.gated_tokens.get(repo_id)
+        if token is None or self.headers.get("Authorization") == f"Bearer {token}":
+            return True
+        self._error(HTTPStatus.UNAUTHORIZED, "GatedRepo", f"Access to {repo_id} is restricted.", send_body)
+        return False
+
+    def _known_revision(self, repo_id: str, revision: str, send_body: bool) -> str | None:
+        if self.mirror.repo_dir(repo_id) is None:
+            self._error(HTTPStatus.NOT_FOUND, "RepoNotFound", f"Repository {repo_id} not found.", send_body)
+            return None
+        if not self._authorised(repo_id, send_body):
+            return None
+        sha = self.mirror.commit_sha(repo_id)
+        if revision not in ("main", sha):
+            self._error(HTTPStatus.NOT_FOUND, "RevisionNotFound", f"Invalid rev id: {revision}", send_body)
+            return None
+        return sha
+
+    def _api(self, repo_id: str, kind: str | None, revision: str, send_body: bool) -> None:
+        sha = self._known_revision(repo_id, revision, send_body)
+        if sha is None:
+            return
+        files = self.mirror.files(repo_id)
+        if kind == "tree":
+            body = [{"type": "file", "path": f.path, "size": f.size, "oid": f.sha256[:40]} for f in files]
+        else:
+            body = {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": sha,
+                "private": False,
+                "gated": repo_id in self.mirror.gated_tokens,
+                "siblings": [{"rfilename": f.path, "size": f.size} for f in files],
+            }
+        payload = json.dumps(body).encode()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(payload)
+
+    def _resolve(self, repo_id: str, revision: str, file_path: str, send_body: bool) -> None:
+        sha = self._known_revision(repo_id, revision, send_body)
+        if sha is None:
+            return
+        entry = next((f for f in self.mirror.files(repo_id) if f.path == file_path), None)
+        if entry is None:
+            self._error(HTTPStatus.NOT_FOUND, "EntryNotFound", f"{file_path} not in {repo_id}", send_body)
+            return
+        start = _range_start(self.headers.get("Range"))
+        status = HTTPStatus.PARTIAL_CONTENT if start else HTTPStatus.OK
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(entry.size - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{entry.sha256}"')
+        self.send_header("X-Repo-Commit", sha)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{entry.size - 1}/{entry.size}")
+        self.end_headers()
+        if not send_body:
+            return
+        with (self.mirror.repo_dir(repo_id) / file_path).open("rb") as handle:  # type: ignore[operator]
+            handle.seek(start)
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                self.wfile.write(chunk)
+
+    def _error(self, status: HTTPStatus, code: str, message: str, send_body: bool) -> None:
+        payload = json.dumps({"error": message}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", message)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(payload)
+
+
+def _range_start(header: str | None) -> int:
+    match = re.fullmatch(r"bytes=(\d+)-", header or "")
+    return int(match[1]) if match else 0
+
+
+def make_server(mirror: MirrorRoot, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """A server for ``mirror``; port 0 picks a free port (read it from ``server.server_address``)."""
+    handler = type("MirrorHandler", (_Handler,), {"mirror": mirror})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server

@@ -1,0 +1,242 @@
+"""Load a run spec and check it completely before anything is started.
+
+Every problem becomes a :class:`SpecIssue` that names the field, says what is wrong and
+how to fix it; all problems of a spec are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from peftpipe.spec import LoadedSpec, RunSpec
+
+ENGINE_METHODS: dict[str, tuple[str, ...]] = {"hf": ("lora", "ia3", "ptuning")}
+# Keys a converted record carries, per source format; None means "only known after reading".
+RECORD_KEYS: dict[str, set[str] | None] = {"squad": {"input", "output", "id", "title"}, "jsonl": None}
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    field: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}. Fix: {self.fix}"
+
+
+class SpecError(Exception):
+    """A spec that must not run; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[SpecIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(issue) for issue in issues))
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> LoadedSpec:
+    """Parse and fully check the spec at ``path``; raise :class:`SpecError` if it must not run.
+
+    ``overrides`` maps dotted keys (``train.micro_batch_size``) to values applied before parsing.
+    """
+    spec_path = Path(path)
+    if not spec_path.is_file():
+        raise SpecError([SpecIssue("spec", f"{spec_path} does not exist", "pass the path of a run spec YAML file")])
+    try:
+        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SpecError([SpecIssue("spec", f"{spec_path} is not valid YAML ({error})", "correct the YAML syntax")])
+    if not isinstance(raw, dict):
+        raise SpecError([SpecIssue("spec", f"{spec_path} holds no mapping", "write the spec as `key: value` pairs")])
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        spec = RunSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError([_issue_from_pydantic(item) for item in error.errors()]) from None
+    loaded = LoadedSpec(spec=spec, base_dir=spec_path.resolve().parent)
+    issues = check_spec(loaded)
+    if issues:
+        raise SpecError(issues)
+    return loaded
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SpecError([SpecIssue(dotted, f"cannot override inside {key!r}", "override a mapping's key")])
+    node[leaf] = value
+
+
+def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
+    """Checks that span several fields or look at the file system."""
+    spec = loaded.spec
+    issues: list[SpecIssue] = []
+    train = spec.train
+    per_step = train.micro_batch_size * train.data_parallel_size
+    if train.global_batch_size % per_step:
+        issues.append(
+            SpecIssue(
+                "train.global_batch_size",
+                f"{train.global_batch_size} is not divisible by micro_batch_size {train.micro_batch_size}"
+                f" x data-parallel {train.data_parallel_size}",
+                f"use a multiple of {per_step}",
+            )
+        )
+    if train.warmup_steps >= train.max_steps:
+        issues.append(
+            SpecIssue(
+                "train.warmup_steps",
+                f"{train.warmup_steps} is not below max_steps {train.max_steps}",
+                "use fewer warm-up steps than training steps",
+            )
+        )
+    supported = ENGINE_METHODS[spec.engine]
+    if spec.peft.method not in supported:
+        issues.append(
+            SpecIssue(
+                "peft.method",
+                f"{spec.peft.method!r} is not supported by engine {spec.engine!r} (it supports {', '.join(supported)});"
+                f" {spec.peft.method!r} is a NeMo scheme, run by the nemo engine",
+                f"choose one of {', '.join(supported)}",
+            )
+        )
+    ia3 = spec.peft.ia3
+    if spec.peft.method == "ia3" and not set(ia3.feedforward_modules) <= set(ia3.target_modules):
+        extra = sorted(set(ia3.feedforward_modules) - set(ia3.target_modules))
+        issues.append(
+            SpecIssue("peft.ia3.feedforward_modules", f"{extra} are not in target_modules", "add them to target_modules")
+        )
+    issues += _check_model(loaded)
+    issues += _check_dataset(loaded)
+    return issues
+
+
+def _check_model(loaded: LoadedSpec) -> list[SpecIssue]:
+    model = loaded.spec.model
+    if (model.repo_id is None) == (model.path is None):
+        return [SpecIssue("model", "give exactly one of repo_id and path", "set model.repo_id or model.path")]
+    if model.path is not None:
+        path = loaded.resolve(model.path)
+        if not path.is_dir():
+            return [SpecIssue("model.path", f"{path} does not exist", "point it at a model directory or use repo_id")]
+        if not (path / "config.json").is_file():
+            return [
+                SpecIssue("model.path", f"{path} has no config.json", "point it at a Hugging Face model directory")
+            ]
+    return []
+
+
+def _check_dataset(loaded: LoadedSpec) -> list[SpecIssue]:
+    data = loaded.spec.dataset
+    issues: list[SpecIssue] = []
+    if (data.path is None) == (data.train is None):
+        return [SpecIssue("dataset", "give exactly one of path and train", "set dataset.path, or dataset.train/test")]
+    if data.train is not None and data.test is None:
+        issues.append(SpecIssue("dataset.test", "is required with dataset.train", "add the test file"))
+    for key in ("path", "train", "validation", "test"):
+        value = getattr(data, key)
+        if value is not None and not loaded.resolve(value).is_file():
+            issues.append(
+                SpecIssue(
+                    f"dataset.{key}",
+                    f"{loaded.resolve(value)} does not exist",
+                    "correct the path (relative paths are relative to the spec file)",
+                )
+            )
+    if data.path is not None and data.split.validation + data.split.test >= 1.0:
+        issues.append(
+            SpecIssue("dataset.split", "validation + test leave no training data", "keep their sum below 1")
+        )
+    known = RECORD_KEYS[data.format]
+    if known is not None:
+        used = {name for _, name, _, _ in string.Formatter().parse(data.prompt_template) if name}
+        if used - known:
+            issues.append(
+                SpecIssue(
+                    "dataset.prompt_template",
+                    f"uses {sorted(used - known)}, which {data.format} records do not have",
+                    f"use only {sorted(known)}",
+                )
+            )
+    return issues
+
+
+# --- pydantic errors into field / problem / fix -------------------------------------------------
+
+_TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "text",
+    "list": "a list",
+    "dict": "a mapping",
+    "model": "a mapping",
+}
+
+
+def _issue_from_pydantic(error: dict[str, Any]) -> SpecIssue:
+    loc = tuple(error["loc"])
+    field = ".".join(str(part) for part in loc) or "spec"
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx", {})
+    if kind == "extra_forbidden":
+        valid = _valid_keys(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return SpecIssue(
+            field, f"unknown key; valid keys here are {', '.join(valid)}", f"remove it or rename it{hint}"
+        )
+    if kind == "missing":
+        return SpecIssue(field, "is required but missing", "add it")
+    if kind == "literal_error":
+        return SpecIssue(field, f"{value!r} is not one of {ctx.get('expected')}", "use one of the listed values")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        relation = {"greater_than": "> ", "greater_than_equal": ">= ", "less_than": "< ", "less_than_equal": "<= "}
+        bound = next(iter(ctx.values()))
+        return SpecIssue(field, f"{value!r} is out of range", f"use a value {relation[kind]}{bound}")
+    if kind == "too_short":
+        return SpecIssue(field, "is empty", "give at least one entry")
+    if kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+        problem, _, fix = message.partition(" Fix: ")
+        return SpecIssue(field, problem.rstrip("."), fix.rstrip(".") or "correct the value")
+    for word, description in _TYPE_WORDS.items():
+        if kind.startswith(word):
+            return SpecIssue(field, f"expected {description}, got {value!r}", f"write {description}")
+    return SpecIssue(field, error["msg"], "correct the value")
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = RunSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        inner = _model_in(annotation)
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, UnionType, list):
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
