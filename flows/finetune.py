@@ -1,0 +1,43 @@
+"""The ``finetune`` flow: fetch model, prepare data, fine-tune, evaluate, publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from peftpipe import stages
+from peftpipe.validation import load_spec
+from tasks.evaluate import evaluate
+from tasks.fetch_model import fetch_model
+from tasks.finetune import finetune as finetune_task
+from tasks.prepare_data import prepare_data
+from tasks.publish import publish
+
+
+@flow(name="finetune", flow_run_name="{run_id}", log_prints=True, validate_parameters=True)
+def finetune(spec_path: str, run_id: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every stage of a PEFT fine-tune described by the run spec at ``spec_path``.
+
+    ``overrides`` maps dotted spec keys to values (``{"train.micro_batch_size": 2}``); the
+    spec is validated with them before any stage starts.
+    """
+    loaded = load_spec(spec_path, overrides)
+    paths = stages.run_paths(loaded, run_id)
+    get_run_logger().info("run %s in %s", run_id, paths.root)
+    model = fetch_model(loaded, paths)
+    data = prepare_data(loaded, paths)
+    trained = finetune_task(loaded, paths, model.path, loaded.spec.train.micro_batch_size)
+    metrics = evaluate(loaded, paths, model.path)
+    manifest = publish(loaded, paths, run_id, model, data, metrics)
+    return {
+        "run_id": run_id,
+        "run_dir": str(paths.root),
+        "model": {"repo_id": model.repo_id, "commit_sha": model.commit_sha},
+        "data": {"counts": data.counts, "fingerprint": data.fingerprint},
+        "train": {"final_step": trained.final_step, "final_loss": trained.final_loss,
+                  "resumed_from_step": trained.resumed_from_step, "wall_time_s": trained.wall_time_s},
+        "metrics": metrics,
+        "manifest_url": manifest["manifest_url"],
+        "objects": len(manifest["objects"]),
+    }

@@ -1,0 +1,40 @@
+"""What a person sees after ``peftpipe run``: task runs of the flow run, read back from Prefect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+
+@dataclass(frozen=True)
+class StageRow:
+    name: str
+    state: str
+    duration_s: float | None
+
+
+def stage_rows(flow_run_id: UUID) -> list[StageRow]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC
+        )
+    return [
+        StageRow(
+            run.name,
+            run.state.name if run.state else "Unknown",
+            (run.end_time - run.start_time).total_seconds() if run.start_time and run.end_time else None,
+        )
+        for run in runs
+    ]
+
+
+def flow_run_url(flow_run_id: UUID) -> str:
+    """The flow run's page in the Prefect UI (with the ephemeral API, after `prefect server start`)."""
+    ui = PREFECT_UI_URL.value() if PREFECT_API_URL.value() else None
+    base = ui or "http://127.0.0.1:4200"
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"

@@ -1,0 +1,1 @@
+"""Dataset converters into NeMo's fine-tuning JSONL (`{"input": ..., "output": ...}` per line)."""

@@ -1,0 +1,1 @@
+"""Engines: how a fine-tune and an evaluation are run (hf: transformers + peft)."""

@@ -1,0 +1,75 @@
+"""Run a stage's command as a local subprocess, streaming its output to a log file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Credentials are for the processes that download and upload; job processes never see them.
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    exit_code: int
+    log_file: Path
+    log_tail: str
+
+
+def job_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_logged(argv: list[str], log_file: Path, on_line: Callable[[str], None] = lambda line: None,
+               tail_lines: int = 60) -> ProcessResult:
+    """Run ``argv``; every output line goes to ``log_file`` and ``on_line``.
+
+    The child runs in its own process group; if this process is interrupted, the whole group
+    is terminated so no training process outlives its orchestrator.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=tail_lines)
+    with log_file.open("a", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=job_environment(),
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                tail.append(line.rstrip("\n"))
+                on_line(line.rstrip("\n"))
+            exit_code = process.wait()
+        except BaseException:
+            terminate_group(process)
+            raise
+    return ProcessResult(exit_code, log_file, "\n".join(tail))
+
+
+def terminate_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the child's process group (training checkpoints on it), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,146 @@
+"""One function per pipeline stage. Prefect tasks wrap these; nothing here imports Prefect."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from peftpipe import __version__
+from peftpipe.artifacts import open_store, publish_directory
+from peftpipe.data.prepare import PreparedData, prepare_dataset
+from peftpipe.engines.hf import command
+from peftpipe.hub.fetch import FetchedModel, fetch_model, use_local_model
+from peftpipe.local_runner import run_logged
+from peftpipe.metrics import score_predictions
+from peftpipe.paths import RunPaths
+from peftpipe.spec import LoadedSpec
+
+LineSink = Callable[[str], None]
+
+
+class StageFailed(RuntimeError):
+    """A stage's process failed; the message carries its exit code and the tail of its log."""
+
+    def __init__(self, stage: str, exit_code: int, log_file: Path, log_tail: str):
+        self.stage, self.exit_code, self.log_file, self.log_tail = stage, exit_code, log_file, log_tail
+        super().__init__(f"{stage} failed with exit code {exit_code} (log: {log_file})\n--- log tail ---\n{log_tail}")
+
+
+def new_run_id(name: str, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}"
+
+
+def run_paths(loaded: LoadedSpec, run_id: str) -> RunPaths:
+    return RunPaths(Path(loaded.spec.workdir).expanduser().resolve() / run_id)
+
+
+def fetch_stage(loaded: LoadedSpec, paths: RunPaths) -> FetchedModel:
+    model = loaded.spec.model
+    if model.path is not None:
+        fetched = use_local_model(loaded.resolve(model.path))
+    else:
+        cache = Path(model.cache_dir).expanduser() if model.cache_dir else None
+        fetched = fetch_model(model.repo_id, model.revision, cache_dir=cache, endpoint=model.endpoint)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    reference = {**asdict(fetched), "path": str(fetched.path)}
+    (paths.root / "base_model.json").write_text(json.dumps(reference, indent=2) + "\n")
+    return fetched
+
+
+def prepare_stage(loaded: LoadedSpec, paths: RunPaths) -> PreparedData:
+    return prepare_dataset(loaded, paths.data_dir)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    final_step: int
+    final_loss: float
+    resumed_from_step: int | None
+    wall_time_s: float
+    peak_memory_gib: float
+    micro_batch_size: int
+    log_file: str
+
+
+def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, micro_batch_size: int | None = None,
+                   attempt: int = 1, on_line: LineSink = print) -> TrainResult:
+    """Train (or resume training) in ``paths.finetune_dir`` with the hf engine's script."""
+    config = command.training_config(loaded.spec, model_path, paths, micro_batch_size)
+    config_file = paths.stage_config("finetune")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    argv = command.training_argv(sys.executable, config_file, loaded.spec.train.devices)
+    result = run_logged(argv, paths.stage_log("finetune", attempt), on_line)
+    if result.exit_code != 0:
+        raise StageFailed("finetune", result.exit_code, result.log_file, result.log_tail)
+    summary = json.loads(paths.train_summary_file.read_text())
+    return TrainResult(
+        final_step=summary["final_step"],
+        final_loss=summary["final_loss"],
+        resumed_from_step=summary["resumed_from_step"],
+        wall_time_s=summary["wall_time_s"],
+        peak_memory_gib=summary["peak_memory_gib"],
+        micro_batch_size=config["micro_batch_size"],
+        log_file=str(result.log_file),
+    )
+
+
+def evaluate_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, on_line: LineSink = print) -> dict[str, Any]:
+    """Generate on the test split, then score: exact match (raw and normalised), F1, loss."""
+    config_file = paths.stage_config("evaluate")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(command.generation_config(loaded.spec, model_path, paths), indent=2) + "\n")
+    result = run_logged(command.generation_argv(sys.executable, config_file), paths.stage_log("evaluate"), on_line)
+    if result.exit_code != 0:
+        raise StageFailed("evaluate", result.exit_code, result.log_file, result.log_tail)
+    summary = json.loads(paths.eval_summary_file.read_text())
+    scores = score_predictions(paths.predictions_file)
+    wanted = set(loaded.spec.evaluation.metrics)
+    metrics = {k: v for k, v in {**scores, "loss": summary["loss"]}.items() if k in wanted or k == "records"}
+    metrics["generation"] = {"tokens_to_generate": summary["tokens_to_generate"], "greedy": summary["greedy"]}
+    paths.metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def run_files(paths: RunPaths) -> dict[str, Path]:
+    """What a finished run publishes, by key in the artifact store."""
+    files = {f"adapter/{p.name}": p for p in sorted(paths.adapter_dir.iterdir()) if p.is_file()}
+    files.update({
+        "base_model.json": paths.root / "base_model.json",
+        "data/stats.json": paths.data_dir / "stats.json",
+        "finetune/metrics.jsonl": paths.train_metrics_file,
+        "finetune/train_summary.json": paths.train_summary_file,
+        "finetune/config.json": paths.stage_config("finetune"),
+        "evaluate/predictions.jsonl": paths.predictions_file,
+        "evaluate/metrics.json": paths.metrics_file,
+        "evaluate/eval_summary.json": paths.eval_summary_file,
+    })
+    for stage in ("finetune", "evaluate"):
+        for log in sorted((paths.root / stage).glob("attempt-*/output.log")):
+            files[f"logs/{stage}/{log.parent.name}.log"] = log
+    return files
+
+
+def publish_stage(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: FetchedModel, data: PreparedData,
+                  metrics: dict[str, Any]) -> dict[str, Any]:
+    """Copy the run's outputs to the artifact store; the manifest goes last."""
+    store = open_store(loaded.spec.artifacts.store)
+    metadata = {
+        "peftpipe_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "spec": loaded.spec.model_dump(mode="json"),
+        "base_model": {"repo_id": model.repo_id, "commit_sha": model.commit_sha, "path": str(model.path)},
+        "dataset": {"fingerprint": data.fingerprint, "counts": data.counts, "duplicates_removed": data.duplicates_removed},
+        "metrics": metrics,
+        "host": os.uname().nodename,
+    }
+    manifest = publish_directory(store, run_id, run_files(paths), metadata)
+    (paths.root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite (unit, integration and end-to-end through Prefect).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,1 @@
+"""Prefect tasks: one per stage, each a thin wrapper over one function of peftpipe.stages."""
