@@ -1,0 +1,3 @@
+from peftpipe.cli import app
+
+app()

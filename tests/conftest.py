@@ -1,0 +1,64 @@
+"""Shared fixtures: the tiny model, a loopback Hub mirror serving it, spec writing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_SPEC = REPO / "examples" / "tiny" / "spec.yaml"
+EXAMPLE_DATA = REPO / "examples" / "tiny" / "squad_tiny.json"
+TINY_REPO_ID = "peftpipe/tiny-llama"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A mirror directory holding the tiny model, built once per test session."""
+    from peftpipe.tiny_model import build_tiny_llama, corpus_from_files
+
+    root = tmp_path_factory.mktemp("hub")
+    build_tiny_llama(root / TINY_REPO_ID, corpus_from_files([EXAMPLE_DATA]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def hub_endpoint(hub_root: Path) -> Iterator[str]:
+    """A real Hub-compatible HTTP server on loopback serving ``hub_root``."""
+    from peftpipe.hub.mirror import MirrorRoot, make_server
+
+    server = make_server(MirrorRoot(hub_root))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def write_spec(directory: Path, changes: dict | None = None, drop: tuple[str, ...] = ()) -> Path:
+    """Copy the example spec and its data into ``directory`` with dotted-key changes applied."""
+    raw = yaml.safe_load(EXAMPLE_SPEC.read_text())
+    for dotted, value in (changes or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    for dotted in drop:
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXAMPLE_DATA, directory / EXAMPLE_DATA.name)
+    spec = directory / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return spec

@@ -1,0 +1,124 @@
+"""The hf engine's training and generation scripts, run for real on the tiny model (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peftpipe.data.prepare import prepare_dataset
+from peftpipe.engines.hf import command
+from peftpipe.engines.hf.train import global_batch_indices
+from peftpipe.paths import RunPaths
+from peftpipe.validation import load_spec
+from tests.conftest import TINY_REPO_ID, write_spec
+
+
+def make_run(tmp_path: Path, hub_root: Path, changes: dict | None = None) -> tuple[RunPaths, dict, dict]:
+    loaded = load_spec(write_spec(tmp_path / "spec", changes))
+    paths = RunPaths(tmp_path / "run")
+    prepare_dataset(loaded, paths.data_dir)
+    model = hub_root / TINY_REPO_ID
+    return paths, command.training_config(loaded.spec, model, paths), command.generation_config(loaded.spec, model, paths)
+
+
+def run_script(module: str, config: dict, config_file: Path) -> subprocess.CompletedProcess:
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config))
+    return subprocess.run([sys.executable, "-m", module, "--config", str(config_file)], capture_output=True, text=True)
+
+
+def losses(paths: RunPaths) -> list[float]:
+    return [json.loads(line)["loss"] for line in paths.train_metrics_file.read_text().splitlines()]
+
+
+def test_global_batches_do_not_depend_on_micro_batch_or_ranks() -> None:
+    first_epoch = [i for step in range(5) for i in global_batch_indices(step, 9, 45, seed=7)]
+    assert sorted(first_epoch) == list(range(45))  # every record once per epoch
+    assert global_batch_indices(5, 9, 45, seed=7) != global_batch_indices(0, 9, 45, seed=7)  # reshuffled
+    assert len(global_batch_indices(4, 8, 45, seed=7)) == 8  # a batch crossing the epoch boundary is full
+
+
+def test_changing_micro_batch_size_keeps_the_optimisation(tmp_path: Path, hub_root: Path) -> None:
+    curves = {}
+    for mbs in (4, 1):
+        paths, config, _ = make_run(tmp_path / f"mbs{mbs}", hub_root)
+        config.update(micro_batch_size=mbs, max_steps=4, checkpoint_every=100)
+        result = run_script(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"micro batch {mbs} x accumulation {8 // mbs}" in result.stdout
+        curves[mbs] = losses(paths)
+    assert curves[4] == pytest.approx(curves[1], rel=1e-4)
+    assert curves[4][-1] < curves[4][0]
+
+
+@pytest.mark.parametrize("method", ["ia3", "ptuning"])
+def test_other_methods_train_and_generate(tmp_path: Path, hub_root: Path, method: str) -> None:
+    paths, config, generation = make_run(tmp_path, hub_root, {"peft.method": method})
+    config.update(max_steps=3, checkpoint_every=100)
+    trained = run_script(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert json.loads((paths.adapter_dir / "adapter_config.json").read_text())["peft_type"] == {
+        "ia3": "IA3", "ptuning": "P_TUNING"}[method]
+    generated = run_script(command.GENERATE_MODULE, generation, paths.stage_config("evaluate"))
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    rows = [json.loads(line) for line in paths.predictions_file.read_text().splitlines()]
+    test_records = paths.data_file("test").read_text().splitlines()
+    assert len(rows) == len(test_records)
+    assert {"input", "pred", "label", "id", "title"} <= set(rows[0])
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path, hub_root: Path) -> None:
+    paths, config, _ = make_run(tmp_path, hub_root)
+    config.update(max_steps=30, checkpoint_every=5)
+    config_file = paths.stage_config("finetune")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config))
+    argv = [sys.executable, "-m", command.TRAIN_MODULE, "--config", str(config_file)]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    checkpoints = paths.finetune_dir / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("step-0000010")) and time.monotonic() < deadline:
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # a crash: no chance to save anything more
+    first.wait()
+    killed_at = max(json.loads(line)["step"] for line in paths.train_metrics_file.read_text().splitlines())
+    assert 10 <= killed_at < 30
+
+    second = subprocess.run(argv, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    resumed = json.loads(paths.train_summary_file.read_text())["resumed_from_step"]
+    assert resumed is not None and resumed >= 10 and resumed % 5 == 0
+    assert f"resuming from checkpoint step-{resumed:07d} (step {resumed})" in second.stdout
+    assert f"step {resumed + 1}/30 " in second.stdout and "step 1/30 " not in second.stdout
+    steps = [json.loads(line)["step"] for line in paths.train_metrics_file.read_text().splitlines()]
+    assert steps == list(range(1, 31))  # no step lost, none counted twice
+    assert json.loads(paths.train_summary_file.read_text())["final_step"] == 30
+
+
+def test_sigterm_checkpoints_before_exiting(tmp_path: Path, hub_root: Path) -> None:
+    """Slurm's --signal (or scancel) gives the job time to save; the next run resumes there."""
+    paths, config, _ = make_run(tmp_path, hub_root)
+    config.update(max_steps=500, checkpoint_every=1000)
+    config_file = paths.stage_config("finetune")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config))
+    process = subprocess.Popen([sys.executable, "-m", command.TRAIN_MODULE, "--config", str(config_file)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (paths.train_metrics_file.exists() and paths.train_metrics_file.read_text().count("\n") >= 3):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    saved = sorted((paths.finetune_dir / "checkpoints").glob("step-*"))
+    assert saved, output
+    assert f"stopping at step {int(saved[-1].name[5:])} on signal {int(signal.SIGTERM)}" in output
