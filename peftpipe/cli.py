@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -83,6 +84,8 @@ def run(
     console.print(f"run directory: {summary.get('run_dir', '-')}")
     console.print(f"manifest: {summary.get('manifest_url', '-')}")
     console.print(f"Prefect UI: {flow_run_url(flow_run_id)}")
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("(local ephemeral API: run `prefect server start` to browse this run in the UI)")
     if not state.is_completed():
         errors.print(f"[bold red]run failed:[/] {result}", markup=True, highlight=False)
         raise typer.Exit(1)

@@ -28,10 +28,14 @@ def make_run(tmp_path: Path, hub_root: Path, changes: dict | None = None) -> tup
     return paths, command.training_config(loaded.spec, model, paths), command.generation_config(loaded.spec, model, paths)
 
 
-def run_script(module: str, config: dict, config_file: Path) -> subprocess.CompletedProcess:
+def script_argv(module: str, config: dict, config_file: Path) -> list[str]:
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config))
-    return subprocess.run([sys.executable, "-m", module, "--config", str(config_file)], capture_output=True, text=True)
+    return [sys.executable, "-m", module, "--config", str(config_file)]
+
+
+def run_script(module: str, config: dict, config_file: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(script_argv(module, config, config_file), capture_output=True, text=True)
 
 
 def losses(paths: RunPaths) -> list[float]:
@@ -77,10 +81,7 @@ def test_other_methods_train_and_generate(tmp_path: Path, hub_root: Path, method
 def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path, hub_root: Path) -> None:
     paths, config, _ = make_run(tmp_path, hub_root)
     config.update(max_steps=30, checkpoint_every=5)
-    config_file = paths.stage_config("finetune")
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps(config))
-    argv = [sys.executable, "-m", command.TRAIN_MODULE, "--config", str(config_file)]
+    argv = script_argv(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     checkpoints = paths.finetune_dir / "checkpoints"
     deadline = time.monotonic() + 120
@@ -107,10 +108,7 @@ def test_sigterm_checkpoints_before_exiting(tmp_path: Path, hub_root: Path) -> N
     """Slurm's --signal (or scancel) gives the job time to save; the next run resumes there."""
     paths, config, _ = make_run(tmp_path, hub_root)
     config.update(max_steps=500, checkpoint_every=1000)
-    config_file = paths.stage_config("finetune")
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps(config))
-    process = subprocess.Popen([sys.executable, "-m", command.TRAIN_MODULE, "--config", str(config_file)],
+    process = subprocess.Popen(script_argv(command.TRAIN_MODULE, config, paths.stage_config("finetune")),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not (paths.train_metrics_file.exists() and paths.train_metrics_file.read_text().count("\n") >= 3):

@@ -8,7 +8,6 @@ generation settings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -21,9 +20,10 @@ from peftpipe.engines.hf.train import (
     load_base_model,
     mean_loss,
     prompt_prefix,
-    quiet_libraries,
     read_records,
     resolve_precision,
+    script_main,
+    truncate_prompt,
 )
 
 
@@ -71,10 +71,7 @@ def generate(config: dict[str, Any]) -> dict[str, Any]:
 
 def _prompt_ids(record: dict[str, Any], template: str, tokenizer: Any, budget: int) -> list[int]:
     ids = tokenizer(prompt_prefix(template).format(**record), add_special_tokens=True)["input_ids"]
-    if len(ids) <= budget:
-        return ids
-    keep_bos = ids[:1] if ids[0] == tokenizer.bos_token_id else []
-    return keep_bos + ids[len(ids) - (budget - len(keep_bos)) :]
+    return truncate_prompt(ids, budget, tokenizer.bos_token_id)
 
 
 @torch.no_grad()
@@ -99,13 +96,5 @@ def _generate_batch(model: Any, prompts: list[list[int]], tokenizer: Any, pad_id
     return [tokenizer.decode(row[longest:], skip_special_tokens=True) for row in output]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="JSON file written by peftpipe")
-    args = parser.parse_args(argv)
-    quiet_libraries()
-    generate(json.loads(Path(args.config).read_text()))
-
-
 if __name__ == "__main__":
-    main()
+    script_main(generate, __doc__.splitlines()[0])

@@ -54,11 +54,16 @@ def encode_record(record: dict[str, Any], template: str, tokenizer: Any, max_seq
     prompt_ids = tokenizer(prompt_prefix(template).format(**record), add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     answer_ids = answer_ids[: max_seq_length - 1]
-    budget = max_seq_length - len(answer_ids)
-    if len(prompt_ids) > budget:
-        keep_bos = prompt_ids[:1] if prompt_ids[0] == tokenizer.bos_token_id else []
-        prompt_ids = keep_bos + prompt_ids[len(prompt_ids) - (budget - len(keep_bos)) :]
+    prompt_ids = truncate_prompt(prompt_ids, max_seq_length - len(answer_ids), tokenizer.bos_token_id)
     return {"input_ids": prompt_ids + answer_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids}
+
+
+def truncate_prompt(ids: list[int], budget: int, bos_id: int | None) -> list[int]:
+    """Cut a too-long prompt from the left (keeping BOS): the question sits at its end."""
+    if len(ids) <= budget:
+        return ids
+    keep_bos = ids[:1] if ids and ids[0] == bos_id else []
+    return keep_bos + ids[len(ids) - (budget - len(keep_bos)) :]
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
@@ -442,13 +447,14 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def script_main(run: Any, description: str, argv: list[str] | None = None) -> None:
+    """The command line shared by the engine's scripts: ``--config CONFIG.json``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="JSON file written by peftpipe")
     args = parser.parse_args(argv)
     quiet_libraries()
-    train(json.loads(Path(args.config).read_text()))
+    run(json.loads(Path(args.config).read_text()))
 
 
 if __name__ == "__main__":
-    main()
+    script_main(train, __doc__.splitlines()[0])
