@@ -45,7 +45,7 @@ def _load_or_exit(spec: Path, overrides: dict[str, Any]):
     except SpecError as error:
         errors.print(f"[bold red]{spec}: invalid run spec[/]")
         for issue in error.issues:
-            errors.print(f"  {issue}", markup=False, highlight=False)
+            errors.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(INVALID_SPEC_EXIT) from None
 
 

@@ -132,7 +132,6 @@ class TrainSpec(StrictModel):
     checkpoint_every: int = Field(50, gt=0, description="Save a resumable checkpoint every N optimizer steps.")
     devices: int = Field(1, gt=0, description="GPUs (or processes) per node; data-parallel ranks.")
     num_nodes: int = Field(1, gt=0)
-    packing: bool = Field(False, description="Pack several records per sequence (no cross-record attention).")
     activation_checkpointing: bool = False
 
     @property

@@ -30,7 +30,7 @@ class SpecIssue:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.problem}. Fix: {self.fix}"
+        return f"{self.field}: {self.problem}. Fix: {self.fix}."
 
 
 class SpecError(Exception):
