@@ -113,6 +113,21 @@ def _key_figures(task_name: str, summary: dict[str, Any]) -> str:
     return ""
 
 
+@app.command()
+def diagnose(
+    log_file: Path,
+    state: Annotated[str | None, typer.Option(help="Slurm job state from sacct, e.g. FAILED or OUT_OF_MEMORY.")] = None,
+    exit_code: Annotated[int | None, typer.Option(help="The job's exit code.")] = None,
+) -> None:
+    """Print why a job ended as JSON: {"kind": ..., "evidence": "<the matching line>"}."""
+    import json
+
+    from peftpipe.failures import diagnose as diagnose_log
+
+    text = log_file.read_text(encoding="utf-8", errors="replace")
+    print(json.dumps(diagnose_log(state, exit_code, text).as_dict(), ensure_ascii=False))
+
+
 @app.command("tiny-model")
 def tiny_model(
     out_dir: Path,

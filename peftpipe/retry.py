@@ -1,0 +1,75 @@
+"""What to run next after a failed attempt: the retry policy, pure.
+
+A GPU OOM lowers micro_batch_size to the largest divisor of the per-rank batch below it, so
+the global batch stays and only gradient accumulation grows; at 1, activation checkpointing is
+turned on once. Every retry resumes from the latest checkpoint of the run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from peftpipe.failures import Diagnosis, FailureKind
+
+
+@dataclass(frozen=True)
+class AttemptSettings:
+    attempt: int
+    micro_batch_size: int
+    activation_checkpointing: bool = False
+    mem_gb: int | None = None
+    mem_raised: bool = False
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    next: AttemptSettings | None
+    reason: str
+
+    @property
+    def retry(self) -> bool:
+        return self.next is not None
+
+
+def smaller_micro_batch(current: int, global_batch_size: int, data_parallel: int) -> int | None:
+    """The largest divisor of the per-rank batch below ``current``, or None at 1."""
+    per_rank = global_batch_size // data_parallel
+    smaller = [d for d in range(current - 1, 0, -1) if per_rank % d == 0]
+    return smaller[0] if smaller else None
+
+
+def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_size: int, data_parallel: int,
+                 max_attempts: int, mem_limit_gb: int | None = None) -> RetryDecision:
+    kind = diagnosis.kind
+    if kind is FailureKind.NONE:
+        return RetryDecision(None, "the attempt succeeded")
+    if current.attempt >= max_attempts:
+        return RetryDecision(None, f"attempt limit {max_attempts} reached; last failure {kind.value}: {diagnosis.evidence}")
+    following = replace(current, attempt=current.attempt + 1)
+    if kind is FailureKind.GPU_OOM:
+        smaller = smaller_micro_batch(current.micro_batch_size, global_batch_size, data_parallel)
+        if smaller is not None:
+            return RetryDecision(replace(following, micro_batch_size=smaller),
+                                 f"GPU out of memory at micro batch {current.micro_batch_size}; retrying at {smaller}"
+                                 f" (gradient accumulation {global_batch_size // data_parallel // smaller})")
+        if not current.activation_checkpointing:
+            return RetryDecision(replace(following, activation_checkpointing=True),
+                                 "GPU out of memory at micro batch 1; retrying with activation checkpointing")
+        return RetryDecision(None, "GPU out of memory at micro batch 1 with activation checkpointing. Fix: use more"
+                                   " GPUs or tensor parallelism, or lower train.max_seq_length")
+    if kind is FailureKind.HOST_OOM:
+        if current.mem_gb is None or mem_limit_gb is None:
+            return RetryDecision(None, "host memory exhausted. Fix: request more memory for the job (--mem)")
+        raised = min(current.mem_gb * 2, mem_limit_gb)
+        if current.mem_raised or raised <= current.mem_gb:
+            return RetryDecision(None, f"host memory exhausted at {current.mem_gb} GB (limit {mem_limit_gb} GB);"
+                                       f" it needed more than {current.mem_gb} GB. Fix: use a partition with more"
+                                       " memory per node or a smaller model")
+        return RetryDecision(replace(following, mem_gb=raised, mem_raised=True),
+                             f"host memory exhausted at {current.mem_gb} GB; retrying with {raised} GB")
+    if kind in (FailureKind.TIMEOUT, FailureKind.PREEMPTED, FailureKind.NODE_FAIL, FailureKind.COMM_TIMEOUT):
+        return RetryDecision(following, f"{kind.value}: resubmitting with the same settings; resumes from the"
+                                        " latest checkpoint")
+    if kind is FailureKind.CONFIG_ERROR:
+        return RetryDecision(None, f"configuration error, retrying cannot fix it: {diagnosis.evidence}")
+    return RetryDecision(None, f"unrecognised failure, not retried: {diagnosis.evidence}")
