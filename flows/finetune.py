@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger
 
 from peftpipe import stages
 from peftpipe.validation import load_spec
+from flows.attempts import finetune_with_retries
 from tasks.evaluate import evaluate
 from tasks.fetch_model import fetch_model
-from tasks.finetune import finetune as finetune_task
 from tasks.prepare_data import prepare_data
 from tasks.publish import publish
 
@@ -27,7 +27,7 @@ def finetune(spec_path: str, run_id: str, overrides: dict[str, Any] | None = Non
     get_run_logger().info("run %s in %s", run_id, paths.root)
     model = fetch_model(loaded, paths)
     data = prepare_data(loaded, paths)
-    trained = finetune_task(loaded, paths, model.path, loaded.spec.train.micro_batch_size)
+    trained = finetune_with_retries(loaded, paths, model.path)
     metrics = evaluate(loaded, paths, model.path)
     manifest = publish(loaded, paths, run_id, model, data, metrics)
     return {

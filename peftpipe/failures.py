@@ -75,7 +75,8 @@ def diagnose(slurm_state: str | None, exit_code: int | None, log_tail: str) -> D
     for kind, pattern in LOG_SIGNATURES:
         if kind is FailureKind.COMM_TIMEOUT and state in STATE_KINDS:
             continue  # the scheduler's own verdict beats a watchdog line its kill caused
-        for line in lines:
+        # From the bottom: a traceback shows the raising source line before the exception message.
+        for line in reversed(lines):
             if pattern.search(line):
                 return Diagnosis(kind, line)
     if state in STATE_KINDS:

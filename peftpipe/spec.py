@@ -133,6 +133,7 @@ class TrainSpec(StrictModel):
     devices: int = Field(1, gt=0, description="GPUs (or processes) per node; data-parallel ranks.")
     num_nodes: int = Field(1, gt=0)
     activation_checkpointing: bool = False
+    max_attempts: int = Field(4, gt=0, description="Attempts of the fine-tune stage, retries on failure included.")
 
     @property
     def data_parallel_size(self) -> int:

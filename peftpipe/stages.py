@@ -70,9 +70,10 @@ class TrainResult:
 
 
 def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, micro_batch_size: int | None = None,
-                   attempt: int = 1, on_line: LineSink = print) -> TrainResult:
+                   attempt: int = 1, on_line: LineSink = print, activation_checkpointing: bool | None = None
+                   ) -> TrainResult:
     """Train (or resume training) in ``paths.finetune_dir`` with the hf engine's script."""
-    config = command.training_config(loaded.spec, model_path, paths, micro_batch_size)
+    config = command.training_config(loaded.spec, model_path, paths, micro_batch_size, activation_checkpointing)
     config_file = paths.stage_config("finetune")
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config, indent=2) + "\n")

@@ -22,8 +22,9 @@ def peft_settings(spec: RunSpec) -> dict[str, Any]:
     return {"method": method, **block}
 
 
-def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batch_size: int | None = None) -> dict[str, Any]:
-    """The training script's config; ``micro_batch_size`` overrides the spec's (OOM retries)."""
+def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batch_size: int | None = None,
+                    activation_checkpointing: bool | None = None) -> dict[str, Any]:
+    """The training script's config; the two overrides are what OOM retries change."""
     train = spec.train
     return {
         "model_path": str(model_path),
@@ -43,7 +44,8 @@ def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batc
         "precision": train.precision,
         "seed": train.seed,
         "checkpoint_every": train.checkpoint_every,
-        "activation_checkpointing": train.activation_checkpointing,
+        "activation_checkpointing": train.activation_checkpointing if activation_checkpointing is None
+        else activation_checkpointing,
     }
 
 

@@ -285,6 +285,17 @@ def mean_loss(model: Any, examples: list[dict[str, list[int]]], batch_size: int,
     return total / max(tokens, 1)
 
 
+def injected_oom(micro_batch_size: int, step: int) -> None:
+    """Test-only fault injection, off unless PEFTPIPE_FAULT_OOM_ABOVE_MBS is set: a CUDA-style
+    OOM when the micro batch exceeds that size (from step PEFTPIPE_FAULT_OOM_FROM_STEP on), so
+    the retry path can be exercised on machines without a GPU."""
+    limit = os.environ.get("PEFTPIPE_FAULT_OOM_ABOVE_MBS")
+    if limit and micro_batch_size > int(limit) and step >= int(os.environ.get("PEFTPIPE_FAULT_OOM_FROM_STEP", "0")):
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: micro batch {micro_batch_size} > {limit})"
+        )
+
+
 class StopRequested:
     """Set by SIGTERM / SIGUSR1 so the loop can checkpoint before the job is killed."""
 
@@ -374,6 +385,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         loss_sum, tokens_seen = 0.0, 0
         for micro in range(accumulation):
             chunk = mine[micro * mbs : (micro + 1) * mbs]
+            injected_oom(mbs, step)
             batch = collate(chunk, pad_id, device)
             tokens_seen += int(batch["attention_mask"].sum())
             sync = micro == accumulation - 1 or world == 1

@@ -1,0 +1,59 @@
+"""OOM-adaptive retries through Prefect on the local backend, with the training script's fault injection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_spec
+from tests.test_e2e_flow import prefect_api  # noqa: F401 - the session's Prefect API
+
+pytestmark = pytest.mark.e2e
+
+
+def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoint: str, prefect_api,  # noqa: F811
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.artifacts import Artifact
+    from safetensors.torch import load_file
+    import torch
+
+    from flows.finetune import finetune
+    from flows.report import stage_rows
+
+    common = {"model.endpoint": hub_endpoint, "model.cache_dir": str(tmp_path / "hf-cache"),
+              "workdir": str(tmp_path / "runs"), "artifacts.store": f"file://{tmp_path / 'store'}",
+              "train.max_steps": 10, "train.checkpoint_every": 5, "train.global_batch_size": 8}
+    spec = write_spec(tmp_path / "oom", {**common, "train.micro_batch_size": 8})
+    reference_spec = write_spec(tmp_path / "ref", {**common, "train.micro_batch_size": 2})
+
+    monkeypatch.setenv("PEFTPIPE_FAULT_OOM_ABOVE_MBS", "2")
+    monkeypatch.setenv("PEFTPIPE_FAULT_OOM_FROM_STEP", "6")
+    state = finetune(spec_path=str(spec), run_id="oom-run", return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    names = [row.name for row in stage_rows(state.state_details.flow_run_id)]
+    finetunes = [n for n in names if n.startswith("finetune")]
+    assert finetunes == ["finetune-attempt1-mbs8", "finetune-attempt2-mbs4", "finetune-attempt3-mbs2"]
+    attempts = Artifact.get("finetune-attempts")
+    rows = json.loads(attempts.data)
+    assert [(r["kind"], r["micro_batch_size"], r["gradient_accumulation"]) for r in rows] == [
+        ("gpu_oom", 8, 1), ("gpu_oom", 4, 2), ("none", 2, 4)]
+    assert rows[0]["evidence"].startswith("torch.OutOfMemoryError: CUDA out of memory.")
+    run = tmp_path / "runs" / "oom-run" / "finetune"
+    assert json.loads((run / "train_summary.json").read_text())["resumed_from_step"] == 5
+
+    monkeypatch.delenv("PEFTPIPE_FAULT_OOM_ABOVE_MBS")
+    reference = finetune(spec_path=str(reference_spec), run_id="reference-run", return_state=True)
+    assert reference.is_completed()
+    ref = tmp_path / "runs" / "reference-run" / "finetune"
+
+    def curve(directory: Path) -> list[float]:
+        return [json.loads(line)["loss"] for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(curve(run)) == 10
+    assert curve(run) == pytest.approx(curve(ref), rel=1e-4)
+    ours = load_file(run / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(ref / "adapter" / "adapter_model.safetensors")
+    for name, tensor in ours.items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=1e-3, atol=1e-5)
