@@ -62,3 +62,12 @@ def write_spec(directory: Path, changes: dict | None = None, drop: tuple[str, ..
     spec = directory / "spec.yaml"
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     return spec
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One temporary Prefect API for the whole session (a nested harness would stop the shared one)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -15,14 +15,6 @@ pytestmark = pytest.mark.e2e
 STAGES = ("fetch-model", "prepare-data", "finetune", "evaluate", "publish")
 
 
-@pytest.fixture(scope="session")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_finetune_flow_end_to_end(tmp_path: Path, hub_endpoint: str, prefect_api) -> None:
     from flows.finetune import finetune
     from flows.report import stage_rows

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_spec
-from tests.test_e2e_flow import prefect_api  # noqa: F401 - the session's Prefect API
 
 pytestmark = pytest.mark.e2e
 
 
-def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoint: str, prefect_api,  # noqa: F811
+def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoint: str, prefect_api,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.artifacts import Artifact
     from safetensors.torch import load_file
