@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -160,7 +159,3 @@ def hub_serve(
         server.serve_forever()
     except KeyboardInterrupt:
         server.server_close()
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())

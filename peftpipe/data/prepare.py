@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from peftpipe.data.records import Record, fingerprint, read_jsonl, write_jsonl
@@ -78,7 +78,3 @@ def prepare_dataset(loaded: LoadedSpec, out_dir: Path) -> PreparedData:
     stats = {"counts": counts, "duplicates_removed": removed, "fingerprint": digest}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return prepared
-
-
-def prepared_as_dict(prepared: PreparedData) -> dict:
-    return {**asdict(prepared), "directory": str(prepared.directory)}
