@@ -58,5 +58,15 @@ class RunPaths:
     def stage_config(self, stage: str) -> Path:
         return self.root / stage / "config.json"
 
+    def attempt_dir(self, stage: str, attempt: int = 1) -> Path:
+        return self.root / stage / f"attempt-{attempt}"
+
     def stage_log(self, stage: str, attempt: int = 1) -> Path:
-        return self.root / stage / f"attempt-{attempt}" / "output.log"
+        """A local run's log; a Slurm job's log is ``slurm-<job id>.out`` beside it."""
+        return self.attempt_dir(stage, attempt) / "output.log"
+
+    def job_script(self, stage: str, attempt: int = 1) -> Path:
+        return self.attempt_dir(stage, attempt) / "job.sbatch"
+
+    def job_id_file(self, stage: str, attempt: int = 1) -> Path:
+        return self.attempt_dir(stage, attempt) / "job_id"

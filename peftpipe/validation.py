@@ -16,7 +16,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peftpipe.spec import LoadedSpec, RunSpec
+from peftpipe.spec import memory_mb, time_limit_s, LoadedSpec, RunSpec
 
 ENGINE_METHODS: dict[str, tuple[str, ...]] = {"hf": ("lora", "ia3", "ptuning")}
 # Keys a converted record carries, per source format; None means "only known after reading".
@@ -119,6 +119,7 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
         )
     issues += _check_model(loaded)
     issues += _check_dataset(loaded)
+    issues += _check_slurm(loaded)
     return issues
 
 
@@ -169,6 +170,31 @@ def _check_dataset(loaded: LoadedSpec) -> list[SpecIssue]:
                     f"use only {sorted(known)}",
                 )
             )
+    return issues
+
+
+def _check_slurm(loaded: LoadedSpec) -> list[SpecIssue]:
+    execution = loaded.spec.execution
+    if execution.backend != "slurm":
+        return []
+    slurm = execution.slurm
+    issues: list[SpecIssue] = []
+    container = slurm.container
+    if container.runtime != "none" and not container.image:
+        example = "/shared/images/nemo-24.03.sif" if container.runtime == "singularity" else "nvcr.io#nvidia/nemo:24.03"
+        issues.append(SpecIssue("execution.slurm.container.image", f"is required for runtime {container.runtime}",
+                                f"name the image, e.g. {example}"))
+    if container.runtime == "singularity" and container.image and not container.image.endswith(".sif"):
+        issues.append(SpecIssue("execution.slurm.container.image", f"{container.image!r} is not a .sif file",
+                                "build one with `singularity build nemo.sif docker://...` and give its path"))
+    if slurm.max_mem is not None and memory_mb(slurm.max_mem) < memory_mb(slurm.mem):
+        issues.append(SpecIssue("execution.slurm.max_mem", f"{slurm.max_mem} is below mem {slurm.mem}",
+                                "set max_mem to the partition's memory per node, at least mem"))
+    if time_limit_s(slurm.time_limit) <= 2 * slurm.signal_lead_s:
+        issues.append(SpecIssue("execution.slurm.time_limit",
+                                f"{slurm.time_limit} leaves no training time before the checkpoint signal"
+                                f" {slurm.signal_lead_s} s ahead of it",
+                                f"use a time limit above {2 * slurm.signal_lead_s} s or lower signal_lead_s"))
     return issues
 
 

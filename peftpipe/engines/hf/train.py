@@ -174,7 +174,17 @@ def peak_memory_gib(device: torch.device) -> float:
 # --- distributed ------------------------------------------------------------------------------------
 
 
+def adopt_slurm_ranks(env: dict[str, str]) -> None:
+    """Under ``srun`` with one task per GPU there is no torchrun: take the ranks from Slurm."""
+    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
+        return
+    env["RANK"] = env["SLURM_PROCID"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
+    adopt_slurm_ranks(os.environ)  # type: ignore[arg-type]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
