@@ -53,7 +53,7 @@ class FieldMapper:
 
     def __call__(self, source: Any, path: Path, line: int | None, where: str = "") -> Item:
         if not isinstance(source, dict):
-            return BadRecord(path, line, where, f"is a JSON {_kind(source)}, not an object",
+            return BadRecord(path, line, where, f"the record is a JSON {_kind(source)}, not an object",
                              "write one JSON object per record")
         if self.mapping is None:
             return self._pass_through(source, path, line, where)
@@ -73,7 +73,7 @@ class FieldMapper:
             template = getattr(self.mapping, target)
             values[target] = template.format_map(texts) if self.templated[target] else texts[template]
         if not values["output"].strip():
-            return BadRecord(path, line, where, f"has an empty output (dataset.fields.output is "
+            return BadRecord(path, line, where, f"the record has an empty output (dataset.fields.output is "
                              f"{self.mapping.output!r})", "fill in the answer or remove the record")
         used = {name for names in self.uses.values() for name in names}
         keep = self.mapping.metadata if self.mapping.metadata is not None else [k for k in source if k not in used]
@@ -88,13 +88,13 @@ class FieldMapper:
     def _pass_through(source: dict[str, Any], path: Path, line: int | None, where: str) -> Item:
         for key in NEMO_KEYS:
             if key not in source:
-                return BadRecord(path, line, where, f"has no {key!r} field",
+                return BadRecord(path, line, where, f"the record has no {key!r} field",
                                  f"add {key!r}, or map source fields with dataset.fields")
             if not isinstance(source[key], str):
                 return BadRecord(path, line, where, f"{key!r} is a {_kind(source[key])}, not text",
                                  f"write {key!r} as a JSON string")
         if not source["output"].strip():
-            return BadRecord(path, line, where, "has an empty output", "fill in the answer or remove the record")
+            return BadRecord(path, line, where, "the record has an empty output", "fill in the answer or remove the record")
         return source
 
 
@@ -160,7 +160,7 @@ def read_csv(path: Path, dataset: DatasetSpec) -> Iterator[Item]:
             if undecodable:
                 yield BadRecord(path, undecodable[0], "", bad_lines[undecodable[0]], REENCODE_FIX)
             elif len(row) != len(header):
-                yield BadRecord(path, first, "", f"has {len(row)} fields but the header has {len(header)}",
+                yield BadRecord(path, first, "", f"the row has {len(row)} fields but the header has {len(header)}",
                                 "quote fields that contain the delimiter, or correct the row")
             else:
                 yield mapper(dict(zip(header, row)), path, first)

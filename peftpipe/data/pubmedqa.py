@@ -48,14 +48,14 @@ def read_pubmedqa(path: Path, dataset: DatasetSpec, is_test: bool = False,
     for pmid, entry, line in iter_top_level(path, read_json_text(path), "{"):
         where = f"PMID {pmid}"
         if not isinstance(entry, dict):
-            yield BadRecord(path, line, where, "is not an object", "remove it or correct the structure")
+            yield BadRecord(path, line, where, "the record is not an object", "remove it or correct the structure")
             continue
         question, contexts = entry.get("QUESTION"), entry.get("CONTEXTS")
         if not isinstance(question, str) or not question.strip():
-            yield BadRecord(path, line, where, "has no QUESTION text", "add the QUESTION field")
+            yield BadRecord(path, line, where, "the record has no QUESTION text", "add the QUESTION field")
             continue
         if not isinstance(contexts, list) or not contexts or not all(isinstance(c, str) for c in contexts):
-            yield BadRecord(path, line, where, "has no CONTEXTS list of texts", "add the CONTEXTS field")
+            yield BadRecord(path, line, where, "the record has no CONTEXTS list of texts", "add the CONTEXTS field")
             continue
         label = _label(path, line, where, str(pmid), entry, label_field, is_test, truth, ground_truth)
         if isinstance(label, BadRecord):
@@ -76,7 +76,7 @@ def _label(path: Path, line: int, where: str, pmid: str, entry: dict[str, Any], 
     value = entry.get(label_field)
     if truth is not None and label_field == "final_decision":
         if pmid not in truth:
-            return BadRecord(path, line, where, f"is not in {truth_file}", "use the ground truth file of this test set")
+            return BadRecord(path, line, where, f"the PMID is not in {truth_file}", "use the ground truth file of this test set")
         if isinstance(value, str) and value != truth[pmid]:
             return BadRecord(path, line, where, f"final_decision {value!r} disagrees with {truth_file} "
                              f"({truth[pmid]!r})", "use the ground truth file of this test set")
@@ -89,10 +89,10 @@ def _label(path: Path, line: int, where: str, pmid: str, entry: dict[str, Any], 
                 f"{GROUND_TRUTH_NAME} beside it). Fix: put {GROUND_TRUTH_NAME} next to {path.name} "
                 "or set dataset.pubmedqa.ground_truth."
             )
-        return BadRecord(path, line, where, f"has no {label_field}",
+        return BadRecord(path, line, where, f"the record has no {label_field}",
                          f"add {label_field} or choose another dataset.pubmedqa.label_field")
     if not isinstance(value, str) or not value.strip():
-        return BadRecord(path, line, where, f"has an empty output ({label_field} is {value!r})",
+        return BadRecord(path, line, where, f"the record has an empty output ({label_field} is {value!r})",
                          f"give {label_field} one of yes, no, maybe")
     if value not in ANSWERS:
         return BadRecord(path, line, where, f"{label_field} is {value!r}, not yes, no or maybe",

@@ -18,7 +18,7 @@ from typing import Any
 
 Record = dict[str, Any]
 
-REENCODE_FIX = "re-encode the file as UTF-8, e.g. iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8"
+REENCODE_FIX = "re-encode the file as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8)"
 
 
 class DatasetError(ValueError):
@@ -79,7 +79,7 @@ def read_json_text(path: Path) -> str:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise DatasetError(
-            f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start}). Fix: {REENCODE_FIX}."
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at byte offset {error.start}). Fix: {REENCODE_FIX}."
         ) from None
 
 

@@ -29,15 +29,16 @@ def read_squad(path: Path, dataset: DatasetSpec) -> Iterator[Item]:
     template = dataset.resolved_input_template
     for a, article in enumerate(document["data"]):
         if not isinstance(article, dict):
-            yield BadRecord(path, None, f"data[{a}]", "is not an object", "remove it or correct the structure")
+            yield BadRecord(path, None, f"data[{a}]", "the article is not an object", "remove it or correct the structure")
             continue
         title = _text(article.get("title"), dataset)
         for p, paragraph in enumerate(article.get("paragraphs") or []):
             where = f"data[{a}].paragraphs[{p}]"
             context = paragraph.get("context") if isinstance(paragraph, dict) else None
             if not isinstance(context, str) or not context.strip():
-                questions = len(paragraph.get("qas") or []) if isinstance(paragraph, dict) else 0
-                yield BadRecord(path, None, where, f"has no context text (its {questions} questions are left out)",
+                count = len(paragraph.get("qas") or []) if isinstance(paragraph, dict) else 0
+                left_out = f"{count} question{'' if count == 1 else 's'} left out"
+                yield BadRecord(path, None, where, f"the paragraph has no context text ({left_out})",
                                 "add the paragraph's context")
                 continue
             context = _text(context, dataset)
@@ -48,16 +49,16 @@ def read_squad(path: Path, dataset: DatasetSpec) -> Iterator[Item]:
 def _question(path: Path, where: str, qa: Any, context: str, title: str, template: str,
               dataset: DatasetSpec) -> Item:
     if not isinstance(qa, dict):
-        return BadRecord(path, None, where, "is not an object", "remove it or correct the structure")
+        return BadRecord(path, None, where, "the question entry is not an object", "remove it or correct the structure")
     if qa.get("id") is not None:
         where = f"{where} (id {qa['id']!r})"
     question = qa.get("question")
     if not isinstance(question, str) or not question.strip():
-        return BadRecord(path, None, where, "has no question text", "add the question or remove the entry")
+        return BadRecord(path, None, where, "the entry has no question text", "add the question or remove the entry")
     metadata: dict[str, Any] = {"id": qa.get("id"), "title": title}
     if qa.get("is_impossible"):
         if dataset.format != "squad2":
-            return BadRecord(path, None, where, f"is marked is_impossible, which {dataset.format} has no place for",
+            return BadRecord(path, None, where, f"the question is marked is_impossible, which format {dataset.format} does not allow",
                              "convert SQuAD v2.0 data with format squad2")
         if dataset.squad2.unanswerable == "skip":
             return Omitted("unanswerable")
@@ -67,11 +68,11 @@ def _question(path: Path, where: str, qa: Any, context: str, title: str, templat
         if not isinstance(answers, list) or not answers:
             fix = ("mark it is_impossible: true or add an answer" if dataset.format == "squad2"
                    else "add an answer, or use format squad2 for SQuAD v2.0 data")
-            return BadRecord(path, None, where, "has no answers", fix)
+            return BadRecord(path, None, where, "the question has no answers", fix)
         first = answers[0]
         output = first.get("text") if isinstance(first, dict) else None
         if not isinstance(output, str) or not output.strip():
-            return BadRecord(path, None, where, "has an empty output (answers[0].text is empty)",
+            return BadRecord(path, None, where, "the question has an empty output (answers[0].text is empty)",
                              "give the first answer a text")
     if dataset.format == "squad2":
         metadata["is_impossible"] = bool(qa.get("is_impossible"))
