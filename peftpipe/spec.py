@@ -131,6 +131,10 @@ class FieldMapping(StrictModel):
                              "and {{ or }} for literal braces.") from None
         if any(not name for name in fields):
             raise ValueError(f"{value!r} has an empty {{}} placeholder. Fix: name the field, e.g. {{question}}.")
+        parts = string.Formatter().parse(value)
+        if any(name and (spec or conversion or "." in name or "[" in name) for _, name, spec, conversion in parts):
+            raise ValueError(f"{value!r} formats or indexes a field; placeholders here are plain field names. "
+                             "Fix: write {field} only.")
         return value
 
     def used_fields(self, target: str) -> list[str]:
