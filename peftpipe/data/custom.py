@@ -19,9 +19,11 @@ from peftpipe.data.records import (
     BadRecord,
     DatasetError,
     Item,
+    iter_byte_lines,
     iter_text_lines,
     iter_top_level,
     read_json_text,
+    undecodable,
 )
 from peftpipe.spec import DatasetSpec, FieldMapping, template_fields
 
@@ -177,15 +179,12 @@ def read_csv_header(path: Path, dataset: DatasetSpec) -> list[str]:
 
 def _lines_for_csv(path: Path, bad_lines: dict[int, str]) -> Iterator[str]:
     """Lines for the csv module; an undecodable line is noted (its row is reported) and kept in place."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                bad_lines[number] = f"not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
-                yield raw.decode("utf-8", errors="replace")
+    for number, raw in iter_byte_lines(path):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad_lines[number] = undecodable(raw, error)
+            yield raw.decode("utf-8", errors="replace")
 
 
 def _kind(value: Any) -> str:

@@ -30,6 +30,8 @@ STATS_FILE = "stats.json"
 
 @dataclass(frozen=True)
 class PreparedData:
+    """A prepared dataset directory and the figures the run records (``stats.json`` has them all)."""
+
     directory: Path
     counts: dict[str, int]
     duplicates_removed: int

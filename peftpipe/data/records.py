@@ -54,21 +54,30 @@ class Omitted:
 Item = Record | BadRecord | Omitted
 
 
+def iter_byte_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines of a file, a UTF-8 byte order mark removed."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            yield number, raw
+
+
+def undecodable(raw: bytes, error: UnicodeDecodeError) -> str:
+    return f"not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
+
+
 def iter_text_lines(path: Path) -> Iterator[tuple[int, str | BadRecord]]:
     """Numbered lines of a UTF-8 file, decoded one at a time.
 
     Decoding per line keeps memory flat for multi-GB files and lets a stray non-UTF-8 byte
     cost one line (reported) instead of the whole file.
     """
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                problem = f"not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
-                yield number, BadRecord(path, number, "", problem, REENCODE_FIX)
+    for number, raw in iter_byte_lines(path):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield number, BadRecord(path, number, "", undecodable(raw, error), REENCODE_FIX)
 
 
 def read_json_text(path: Path) -> str:
