@@ -226,6 +226,16 @@ def test_skip_lists_every_skipped_line_with_its_reason_and_loses_nothing(tmp_pat
     assert ids == [1, 4, 7]
 
 
+def test_skipping_every_record_is_an_error_that_says_why(tmp_path: Path) -> None:
+    write_files(tmp_path, faq('{"question": "Why?", "answer": "Because."}', '{"question": "How?", "answer": "So."}'))
+    with pytest.raises(DatasetError) as caught:
+        convert(tmp_path, "jsonl", {"path": "faq.jsonl", "fields": FAQ, "on_bad_record": "skip"})
+    assert str(caught.value) == (
+        f"dataset: no train records are left (2 bad records skipped, 0 duplicates removed; first skipped: "
+        f"{tmp_path}/faq.jsonl:1: field 'context' is missing (dataset.fields.input uses it)). "
+        "Fix: add data or lower dataset.split.")
+
+
 def test_convert_command_exits_1_with_the_error(tmp_path: Path) -> None:
     write_files(tmp_path, faq('{"question": "Why?", "answer": "Because."}'))
     result = CliRunner().invoke(app, ["data", "convert", "--format", "jsonl", "--field", r"input={question}\n{context}",

@@ -21,7 +21,7 @@ from typing import Any
 
 from peftpipe.data.cache import cache_key, find_entry, input_digests, place_files, store_entry
 from peftpipe.data.convert import READ_ORDER, SPLITS, Sources, read_items, resolve_sources
-from peftpipe.data.records import BadRecord, DatasetError, Omitted, file_sha256, fingerprint
+from peftpipe.data.records import BadRecord, DatasetError, Omitted, digest_files
 from peftpipe.spec import DatasetSpec, LoadedSpec, RunSpec
 
 BLOCK_SIZE = 1000
@@ -169,8 +169,9 @@ def _convert(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed: int, b
             for split in READ_ORDER:
                 if split in sources.splits:
                     write([(split, line) for line in records(sources.splits[split], split)])
-    _check_not_empty(dataset, counts, sources)
-    files = {f"{s}.jsonl": {"records": counts[s], "sha256": file_sha256(out_dir / f"{s}.jsonl")} for s in SPLITS}
+    _check_not_empty(dataset, counts, sources, skipped, sum(duplicates.values()))
+    digest, shas = digest_files(out_dir / f"{s}.jsonl" for s in SPLITS)
+    files = {f"{s}.jsonl": {"records": counts[s], "sha256": shas[f"{s}.jsonl"]} for s in SPLITS}
     stats = {
         "format": dataset.format,
         "inputs": digests,
@@ -182,19 +183,24 @@ def _convert(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed: int, b
         "skipped_count": len(skipped),
         "skipped": skipped,
         "files": files,
-        "fingerprint": fingerprint(out_dir / name for name in files),
+        "fingerprint": digest,
     }
     (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return stats
 
 
-def _check_not_empty(dataset: DatasetSpec, counts: dict[str, int], sources: Sources) -> None:
-    if counts["train"] == 0:
-        raise DatasetError("dataset: no training records left after splitting, de-duplication and skipping. "
-                           "Fix: add data or lower dataset.split.")
-    if counts["test"] == 0 and ("test" in sources.splits or (sources.single and dataset.split.test > 0)):
-        raise DatasetError("dataset.test: no test records left after de-duplication and skipping. "
-                           "Fix: check the test file (stats.json lists what was skipped).")
+def _check_not_empty(dataset: DatasetSpec, counts: dict[str, int], sources: Sources,
+                     skipped: list[dict[str, Any]], duplicates: int) -> None:
+    held_out_test = "test" in sources.splits or (sources.single is not None and dataset.split.test > 0)
+    empty = "train" if counts["train"] == 0 else "test" if counts["test"] == 0 and held_out_test else None
+    if empty is None:
+        return
+    why = f"{len(skipped)} bad records skipped, {duplicates} duplicates removed"
+    if skipped:
+        first = skipped[0]
+        why += f"; first skipped: {first['file']}:{first['line']}: {first['reason']}"
+    fix = "add data or lower dataset.split" if empty == "train" else "check the test file"
+    raise DatasetError(f"dataset: no {empty} records are left ({why}). Fix: {fix}.")
 
 
 def default_cache_dir(spec: RunSpec) -> Path:

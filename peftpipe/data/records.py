@@ -181,12 +181,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(paths: Iterable[Path]) -> str:
-    """sha256 over the names and bytes of ``paths``: equal fingerprints mean equal data."""
-    digest = hashlib.sha256()
+def digest_files(paths: Iterable[Path]) -> tuple[str, dict[str, str]]:
+    """The fingerprint of ``paths`` (sha256 over their names and bytes: equal fingerprints mean equal
+    data) and each file's own sha256, in one read."""
+    combined, each = hashlib.sha256(), {}
     for path in sorted(paths, key=lambda p: p.name):
-        digest.update(path.name.encode() + b"\0")
+        own = hashlib.sha256()
+        combined.update(path.name.encode() + b"\0")
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+                combined.update(chunk)
+                own.update(chunk)
+        each[path.name] = own.hexdigest()
+    return combined.hexdigest(), each
