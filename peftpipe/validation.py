@@ -186,11 +186,12 @@ def check_dataset(data: DatasetSpec, resolve: Callable[[str], Path]) -> list[Spe
     for key in ("path", "train", "validation", "test"):
         value = getattr(data, key)
         if value is not None and not resolve(value).is_file():
+            state = "is a directory, not a file" if resolve(value).is_dir() else "does not exist"
             issues.append(
                 SpecIssue(
                     f"dataset.{key}",
-                    f"{resolve(value)} does not exist",
-                    "correct the path (relative paths are relative to the spec file)",
+                    f"{resolve(value)} {state}",
+                    "correct the path (a spec's relative paths are relative to the spec file)",
                 )
             )
         elif value is not None:
