@@ -40,35 +40,154 @@ class ModelSource(StrictModel):
 class Split(StrictModel):
     """Fractions of a single dataset file held out for validation and test."""
 
-    validation: float = Field(0.1, ge=0.0, lt=1.0)
-    test: float = Field(0.1, ge=0.0, lt=1.0)
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of records held out for validation.")
+    test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of records held out for test.")
 
 
-DatasetFormat = Literal["squad", "jsonl"]
+DatasetFormat = Literal["squad", "squad2", "pubmedqa", "jsquad", "jsonl", "json", "csv"]
+SQUAD_FORMATS = ("squad", "squad2", "jsquad")
+CUSTOM_FORMATS = ("jsonl", "json", "csv")
+
+# Per-format default of `input_template`; JSQuAD gets a Japanese one because its questions are Japanese.
+DEFAULT_INPUT_TEMPLATES: dict[str, str] = {
+    "squad": "Context: {context}\nQuestion: {question}",
+    "squad2": "Context: {context}\nQuestion: {question}",
+    "jsquad": "文章：{context}\n質問：{question}",
+    # The prompt of NVIDIA's PubMedQA PEFT guide (preprocess_to_jsonl.py), contexts joined by newlines.
+    "pubmedqa": "QUESTION: {question}\nCONTEXT: {context}\nTARGET: the answer to the question given the context is "
+    "(yes|no|maybe): ",
+}
+# Placeholders an input_template may use, per format.
+TEMPLATE_KEYS: dict[str, set[str]] = {
+    "squad": {"context", "question", "title"},
+    "squad2": {"context", "question", "title"},
+    "jsquad": {"context", "question", "title"},
+    "pubmedqa": {"context", "question", "pmid"},
+}
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{name}`` placeholders of a str.format template, in order (raises ValueError if malformed)."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+class Squad2Options(StrictModel):
+    """How SQuAD v2.0 questions without an answer (``is_impossible: true``) are treated."""
+
+    unanswerable: Literal["skip", "answer"] = Field(
+        "skip", description="skip: leave them out and count them in stats.json; answer: keep them with "
+        "`unanswerable_answer` as the output."
+    )
+    unanswerable_answer: str = Field(
+        "unanswerable", min_length=1, description="Output text of an unanswerable question when unanswerable: answer."
+    )
+
+
+class JsquadOptions(StrictModel):
+    """JSQuAD (JGLUE) joins a page title and its paragraph with `` [SEP] ``, a BERT separator token."""
+
+    sep_replacement: str | None = Field(
+        "\n", description="Text that replaces ' [SEP] ' in titles and contexts (a causal LM has no [SEP] token); "
+        "null keeps '[SEP]' verbatim."
+    )
+
+
+PubmedqaLabel = Literal["final_decision", "reasoning_required_pred", "reasoning_free_pred"]
+
+
+class PubmedqaOptions(StrictModel):
+    """Which PubMedQA field is the output, and where the test set's ground truth is."""
+
+    label_field: PubmedqaLabel = Field(
+        "final_decision", description="final_decision is the expert gold label; the reasoning_*_pred fields are "
+        "model predictions shipped with the data (NVIDIA's guide trains on reasoning_required_pred)."
+    )
+    ground_truth: str | None = Field(
+        None, description="test_ground_truth.json (PMID -> label) for a test set without labels; default: "
+        "test_ground_truth.json next to the test file, if present."
+    )
+
+
+class FieldMapping(StrictModel):
+    """How a custom record (JSONL line, JSON array element, CSV row) becomes input and output.
+
+    A value with ``{name}`` placeholders is a template over the record's fields; a plain value
+    names one field.
+    """
+
+    input: str = Field(description="Template or field name for `input`, e.g. \"{question}\\n{context}\".")
+    output: str = Field(description="Template or field name for `output`, e.g. answer.")
+    metadata: list[str] | None = Field(
+        None, description="Source fields kept as metadata keys; default: every field the mapping does not use."
+    )
+
+    @field_validator("input", "output")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        try:
+            fields = template_fields(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a valid template ({error}). Fix: write {{field}} placeholders, "
+                             "and {{ or }} for literal braces.") from None
+        if any(not name for name in fields):
+            raise ValueError(f"{value!r} has an empty {{}} placeholder. Fix: name the field, e.g. {{question}}.")
+        parts = string.Formatter().parse(value)
+        if any(name and (spec or conversion or "." in name or "[" in name) for _, name, spec, conversion in parts):
+            raise ValueError(f"{value!r} formats or indexes a field; placeholders here are plain field names. "
+                             "Fix: write {field} only.")
+        return value
+
+    def used_fields(self, target: str) -> list[str]:
+        """Source fields that ``target`` (input or output) reads."""
+        value = getattr(self, target)
+        fields = template_fields(value)
+        return fields if fields else [value]
 
 
 class DatasetSpec(StrictModel):
     """The data: its format, its files and how a record becomes a prompt."""
 
-    format: DatasetFormat = Field(description="squad (SQuAD v1.1 JSON) or jsonl (NeMo input/output JSONL).")
+    format: DatasetFormat = Field(
+        description="squad (SQuAD v1.1), squad2 (SQuAD v2.0), pubmedqa (PubMedQA JSON keyed by PMID), jsquad "
+        "(JGLUE JSQuAD), jsonl, json (array of objects) or csv (also TSV)."
+    )
     path: str | None = Field(None, description="One file, split by `split` with `train.seed`.")
     train: str | None = Field(None, description="Training file (instead of path).")
     validation: str | None = Field(None, description="Validation file (with train).")
     test: str | None = Field(None, description="Test file (with train).")
-    split: Split = Field(default_factory=Split)
-    input_template: str = Field(
-        "Context: {context}\nQuestion: {question}",
-        description="How a SQuAD record becomes the `input` field (keys: context, question, title).",
+    split: Split = Field(default_factory=Split, description="Held-out fractions when `path` is one file.")
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first bad record; skip: leave it out and list it in stats.json."
+    )
+    input_template: str | None = Field(
+        None,
+        description="How a SQuAD, JSQuAD or PubMedQA record becomes `input` (keys: context, question, and title or "
+        "pmid); default: the format's template.",
     )
     prompt_template: str = Field(
         "{input}\nAnswer: {output}",
         description="NeMo-style prompt over record keys; `{output}` must come last.",
     )
+    fields: FieldMapping | None = Field(
+        None, description="jsonl, json, csv: how records become input/output; unset: records already have "
+        "input and output (NeMo JSONL), checked and passed through."
+    )
+    delimiter: str | None = Field(
+        None, min_length=1, max_length=1, description="csv: the field delimiter; default: tab for .tsv, comma otherwise."
+    )
+    squad2: Squad2Options = Field(default_factory=Squad2Options, description="squad2 only.")
+    jsquad: JsquadOptions = Field(default_factory=JsquadOptions, description="jsquad only.")
+    pubmedqa: PubmedqaOptions = Field(default_factory=PubmedqaOptions, description="pubmedqa only.")
+    cache: bool = Field(True, description="Reuse a prepared copy when inputs and options are unchanged.")
+    cache_dir: str | None = Field(
+        None, description="Prepared datasets, keyed by a fingerprint of inputs and options; default: "
+        "<workdir>/data-cache (relative to the working directory)."
+    )
 
     @field_validator("prompt_template")
     @classmethod
     def _output_last(cls, template: str) -> str:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = template_fields(template)
         if "output" not in fields or not template.rstrip(" ").endswith("{output}"):
             raise ValueError(
                 f"{template!r} must end with the label placeholder {{output}}, as NeMo requires. "
@@ -77,6 +196,11 @@ class DatasetSpec(StrictModel):
         if fields.count("output") > 1:
             raise ValueError("{output} appears more than once. Fix: use it once, at the end.")
         return template
+
+    @property
+    def resolved_input_template(self) -> str:
+        """The input template in force: the spec's, else the format's default."""
+        return self.input_template or DEFAULT_INPUT_TEMPLATES.get(self.format, "")
 
 
 class LoraSpec(StrictModel):
@@ -293,5 +417,10 @@ class LoadedSpec(BaseModel):
     base_dir: Path
 
     def resolve(self, relative: str) -> Path:
-        path = Path(relative).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path).resolve()
+        return resolve_relative(self.base_dir, relative)
+
+
+def resolve_relative(base_dir: Path, relative: str) -> Path:
+    """``relative`` against ``base_dir`` (the spec's directory); absolute paths stay as they are."""
+    path = Path(relative).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()

@@ -13,7 +13,7 @@ from typing import Any
 
 from peftpipe import __version__
 from peftpipe.artifacts import open_store, publish_directory
-from peftpipe.data.prepare import PreparedData, prepare_dataset
+from peftpipe.data.prepare import PreparedData, default_cache_dir, prepare_dataset
 from peftpipe.engines.hf import command
 from peftpipe.hub.fetch import FetchedModel, fetch_model, use_local_model
 from peftpipe.local_runner import run_logged
@@ -55,7 +55,8 @@ def fetch_stage(loaded: LoadedSpec, paths: RunPaths) -> FetchedModel:
 
 
 def prepare_stage(loaded: LoadedSpec, paths: RunPaths) -> PreparedData:
-    return prepare_dataset(loaded, paths.data_dir)
+    """Convert the dataset, or reuse the shared cache's copy when inputs and options are unchanged."""
+    return prepare_dataset(loaded, paths.data_dir, default_cache_dir(loaded.spec))
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def publish_stage(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: Fetch
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": loaded.spec.model_dump(mode="json"),
         "base_model": {"repo_id": model.repo_id, "commit_sha": model.commit_sha, "path": str(model.path)},
-        "dataset": {"fingerprint": data.fingerprint, "counts": data.counts, "duplicates_removed": data.duplicates_removed},
+        "dataset": {"fingerprint": data.fingerprint, "counts": data.counts, "duplicates_removed": data.duplicates_removed,
+                    "skipped": data.skipped, "cache_key": data.cache_key, "reused_from_cache": data.reused},
         "metrics": metrics,
         "host": os.uname().nodename,
     }

@@ -9,18 +9,28 @@ from __future__ import annotations
 import difflib
 import string
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from collections.abc import Callable
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peftpipe.spec import memory_mb, time_limit_s, LoadedSpec, RunSpec
+from peftpipe.spec import (
+    CUSTOM_FORMATS,
+    TEMPLATE_KEYS,
+    DatasetSpec,
+    LoadedSpec,
+    RunSpec,
+    memory_mb,
+    resolve_relative,
+    template_fields,
+    time_limit_s,
+)
 
 ENGINE_METHODS: dict[str, tuple[str, ...]] = {"hf": ("lora", "ia3", "ptuning")}
-# Keys a converted record carries, per source format; None means "only known after reading".
-RECORD_KEYS: dict[str, set[str] | None] = {"squad": {"input", "output", "id", "title"}, "jsonl": None}
 
 
 @dataclass(frozen=True)
@@ -139,29 +149,67 @@ def _check_model(loaded: LoadedSpec) -> list[SpecIssue]:
 
 
 def _check_dataset(loaded: LoadedSpec) -> list[SpecIssue]:
-    data = loaded.spec.dataset
-    issues: list[SpecIssue] = []
+    return check_dataset(loaded.spec.dataset, loaded.resolve)
+
+
+def load_dataset_spec(raw: dict[str, Any], base_dir: Path) -> DatasetSpec:
+    """A dataset section on its own (``peftpipe data convert``), checked like a run spec's."""
+    try:
+        dataset = DatasetSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError([_issue_from_pydantic({**item, "loc": ("dataset", *item["loc"])})
+                         for item in error.errors()]) from None
+    issues = check_dataset(dataset, partial(resolve_relative, base_dir))
+    if issues:
+        raise SpecError(issues)
+    return dataset
+
+
+def record_keys(data: DatasetSpec) -> set[str] | None:
+    """Keys every converted record carries; None when only reading the data tells."""
+    if data.format in ("squad", "jsquad"):
+        return {"input", "output", "id", "title"}
+    if data.format == "squad2":
+        return {"input", "output", "id", "title", "is_impossible"}
+    if data.format == "pubmedqa":
+        return {"input", "output", "pmid"}
+    if data.fields is not None and data.fields.metadata is not None:
+        return {"input", "output", *data.fields.metadata}
+    return None
+
+
+def check_dataset(data: DatasetSpec, resolve: Callable[[str], Path]) -> list[SpecIssue]:
+    """The dataset section's cross-field and file checks (the CSV header included)."""
     if (data.path is None) == (data.train is None):
         return [SpecIssue("dataset", "give exactly one of path and train", "set dataset.path, or dataset.train/test")]
+    issues: list[SpecIssue] = []
     if data.train is not None and data.test is None:
         issues.append(SpecIssue("dataset.test", "is required with dataset.train", "add the test file"))
+    files: dict[str, Path] = {}
     for key in ("path", "train", "validation", "test"):
         value = getattr(data, key)
-        if value is not None and not loaded.resolve(value).is_file():
+        if value is not None and not resolve(value).is_file():
+            state = "is a directory, not a file" if resolve(value).is_dir() else "does not exist"
             issues.append(
                 SpecIssue(
                     f"dataset.{key}",
-                    f"{loaded.resolve(value)} does not exist",
-                    "correct the path (relative paths are relative to the spec file)",
+                    f"{resolve(value)} {state}",
+                    "correct the path (a spec's relative paths are relative to the spec file)",
                 )
             )
+        elif value is not None:
+            files[key] = resolve(value)
+    if data.pubmedqa.ground_truth is not None and not resolve(data.pubmedqa.ground_truth).is_file():
+        issues.append(SpecIssue("dataset.pubmedqa.ground_truth", f"{resolve(data.pubmedqa.ground_truth)} does not "
+                                "exist", "point it at test_ground_truth.json"))
     if data.path is not None and data.split.validation + data.split.test >= 1.0:
         issues.append(
             SpecIssue("dataset.split", "validation + test leave no training data", "keep their sum below 1")
         )
-    known = RECORD_KEYS[data.format]
+    issues += _check_format_options(data)
+    known = record_keys(data)
     if known is not None:
-        used = {name for _, name, _, _ in string.Formatter().parse(data.prompt_template) if name}
+        used = set(template_fields(data.prompt_template))
         if used - known:
             issues.append(
                 SpecIssue(
@@ -170,6 +218,53 @@ def _check_dataset(loaded: LoadedSpec) -> list[SpecIssue]:
                     f"use only {sorted(known)}",
                 )
             )
+    if data.format == "csv":
+        issues += _check_csv_headers(data, files)
+    return issues
+
+
+def _check_format_options(data: DatasetSpec) -> list[SpecIssue]:
+    """Options that the chosen format does not read are mistakes, not harmless extras."""
+    issues: list[SpecIssue] = []
+    for block in ("squad2", "jsquad", "pubmedqa"):
+        if block in data.model_fields_set and data.format != block:
+            issues.append(SpecIssue(f"dataset.{block}", f"applies to format {block}, not {data.format}",
+                                    "remove it or change dataset.format"))
+    if data.fields is not None and data.format not in CUSTOM_FORMATS:
+        issues.append(SpecIssue("dataset.fields", f"applies to jsonl, json and csv, not {data.format}",
+                                "remove it (this format builds input with dataset.input_template)"))
+    if data.delimiter is not None and data.format != "csv":
+        issues.append(SpecIssue("dataset.delimiter", f"applies to csv, not {data.format}", "remove it"))
+    if data.input_template is not None:
+        if data.format in CUSTOM_FORMATS:
+            issues.append(SpecIssue("dataset.input_template", f"applies to squad, squad2, jsquad and pubmedqa, not "
+                                    f"{data.format}", 'map fields with dataset.fields, e.g. input: "{question}"'))
+        else:
+            try:
+                used = set(template_fields(data.input_template))
+            except ValueError as error:
+                return issues + [SpecIssue("dataset.input_template", f"is not a valid template ({error})",
+                                           "write {name} placeholders, and {{ or }} for literal braces")]
+            unknown = used - TEMPLATE_KEYS[data.format]
+            if unknown:
+                issues.append(SpecIssue("dataset.input_template", f"uses {sorted(unknown)}, which {data.format} "
+                                        "records do not have", f"use only {sorted(TEMPLATE_KEYS[data.format])}"))
+    return issues
+
+
+def _check_csv_headers(data: DatasetSpec, files: dict[str, Path]) -> list[SpecIssue]:
+    from peftpipe.data.custom import FieldMapper, missing_columns, read_csv_header
+
+    mapper = FieldMapper(data.fields)
+    issues: list[SpecIssue] = []
+    for path in files.values():
+        header = read_csv_header(path, data)
+        for column, key in missing_columns(header, mapper).items():
+            field = key if key.startswith("dataset.fields.") else "dataset.fields"
+            issues.append(SpecIssue(field, f"needs column {column!r}, which the header of {path} lacks (it has "
+                                    f"{', '.join(map(repr, header)) or 'no columns'})",
+                                    "rename the column in the file or change the mapping (and dataset.delimiter "
+                                    "for TSV)"))
     return issues
 
 
