@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from peftpipe import stages
+from peftpipe.slurm.client import SlurmClient
+from peftpipe.slurm.jobs import job_name_prefix
 from peftpipe.validation import load_spec
 from flows.attempts import finetune_with_retries
 from tasks.evaluate import evaluate
@@ -15,7 +18,22 @@ from tasks.prepare_data import prepare_data
 from tasks.publish import publish
 
 
-@flow(name="finetune", flow_run_name="{run_id}", log_prints=True, validate_parameters=True)
+def cancel_slurm_jobs(flow: Any, flow_run: Any, state: Any) -> None:
+    """On cancellation (CLI or UI), scancel every queued or running job of this run, found by name.
+
+    The task that watches a job cancels it too when it is interrupted; this hook covers a job
+    whose watcher never got to run its cleanup.
+    """
+    run_id = (flow_run.parameters or {}).get("run_id")
+    if not run_id or shutil.which("squeue") is None:
+        return
+    cancelled = SlurmClient().cancel_named(job_name_prefix(run_id))
+    if cancelled:
+        print(f"cancelled Slurm jobs {', '.join(cancelled)} of run {run_id}")
+
+
+@flow(name="finetune", flow_run_name="{run_id}", log_prints=True, validate_parameters=True,
+      on_cancellation=[cancel_slurm_jobs])
 def finetune(spec_path: str, run_id: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every stage of a PEFT fine-tune described by the run spec at ``spec_path``.
 

@@ -34,6 +34,8 @@ class Diagnosis:
         return {**asdict(self), "kind": self.kind.value}
 
 
+_RANK_PREFIX = re.compile(r"^\[(default)?rank\d+\]:\s*")
+
 # Ordered by precedence: root causes first, consequences (watchdog timeouts) last.
 LOG_SIGNATURES: tuple[tuple[FailureKind, re.Pattern[str]], ...] = tuple(
     (kind, re.compile(pattern))
@@ -48,10 +50,26 @@ LOG_SIGNATURES: tuple[tuple[FailureKind, re.Pattern[str]], ...] = tuple(
         (FailureKind.NODE_FAIL, r"DUE TO NODE FAIL"),
         (FailureKind.PREEMPTED, r"DUE TO PREEMPTION"),
         (FailureKind.TIMEOUT, r"DUE TO TIME LIMIT"),
+        # The training script's own line when Slurm's --signal (ahead of the time limit or a
+        # preemption) made it checkpoint and exit: resubmitting resumes from that checkpoint.
+        (FailureKind.TIMEOUT, r"stopping at step \d+ on signal \d+"),
         (FailureKind.COMM_TIMEOUT, r"Watchdog caught collective operation timeout|ran for \d+ milliseconds before"
                                    r" timing out|NCCL communicator was aborted|Timed out waiting for \d+ms"),
     )
 )
+
+# Failures that end the job whatever the other ranks do: stop it on the first such line.
+FATAL_AT_ONCE = (FailureKind.GPU_OOM, FailureKind.HOST_OOM)
+
+
+def fatal_line(line: str) -> str | None:
+    """The line itself if it shows a failure no rank recovers from (a stop rule for watchers)."""
+    clean = _RANK_PREFIX.sub("", line).strip()
+    for kind, pattern in LOG_SIGNATURES:
+        if kind in FATAL_AT_ONCE and pattern.search(clean):
+            return clean
+    return None
+
 
 STATE_KINDS = {
     "OUT_OF_MEMORY": FailureKind.HOST_OOM,
@@ -59,7 +77,6 @@ STATE_KINDS = {
     "PREEMPTED": FailureKind.PREEMPTED,
     "NODE_FAIL": FailureKind.NODE_FAIL,
 }
-_RANK_PREFIX = re.compile(r"^\[(default)?rank\d+\]:\s*")
 
 
 def diagnose(slurm_state: str | None, exit_code: int | None, log_tail: str) -> Diagnosis:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -13,10 +12,10 @@ from typing import Any
 
 from peftpipe import __version__
 from peftpipe.artifacts import open_store, publish_directory
+from peftpipe.backends import Backend, StageCommand, StageOutcome, StopRule, backend_for
 from peftpipe.data.prepare import PreparedData, default_cache_dir, prepare_dataset
 from peftpipe.engines.hf import command
 from peftpipe.hub.fetch import FetchedModel, fetch_model, use_local_model
-from peftpipe.local_runner import run_logged
 from peftpipe.metrics import score_predictions
 from peftpipe.paths import RunPaths
 from peftpipe.spec import LoadedSpec
@@ -25,11 +24,15 @@ LineSink = Callable[[str], None]
 
 
 class StageFailed(RuntimeError):
-    """A stage's process failed; the message carries its exit code and the tail of its log."""
+    """A stage's process or job failed; the message has its state, exit code and log tail."""
 
-    def __init__(self, stage: str, exit_code: int, log_file: Path, log_tail: str):
-        self.stage, self.exit_code, self.log_file, self.log_tail = stage, exit_code, log_file, log_tail
-        super().__init__(f"{stage} failed with exit code {exit_code} (log: {log_file})\n--- log tail ---\n{log_tail}")
+    def __init__(self, stage: str, outcome: StageOutcome):
+        self.stage, self.outcome = stage, outcome
+        self.exit_code, self.log_file, self.log_tail = outcome.exit_code, outcome.log_file, outcome.log_tail
+        where = f"Slurm job {outcome.job_id} ended {outcome.state}" if outcome.job_id else "process ended"
+        early = f"; stopped at once on: {outcome.stopped_early}" if outcome.stopped_early else ""
+        super().__init__(f"{stage} failed: {where} with exit code {outcome.exit_code}{early}"
+                         f" (log: {outcome.log_file})\n--- log tail ---\n{outcome.log_tail}")
 
 
 def new_run_id(name: str, now: datetime | None = None) -> str:
@@ -68,20 +71,26 @@ class TrainResult:
     peak_memory_gib: float
     micro_batch_size: int
     log_file: str
+    job_id: str | None = None
+    started_at: float | None = None
 
 
 def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, micro_batch_size: int | None = None,
-                   attempt: int = 1, on_line: LineSink = print, activation_checkpointing: bool | None = None
+                   attempt: int = 1, on_line: LineSink = print, activation_checkpointing: bool | None = None,
+                   backend: Backend | None = None, stop_rule: StopRule | None = None, mem: str | None = None
                    ) -> TrainResult:
     """Train (or resume training) in ``paths.finetune_dir`` with the hf engine's script."""
     config = command.training_config(loaded.spec, model_path, paths, micro_batch_size, activation_checkpointing)
     config_file = paths.stage_config("finetune")
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config, indent=2) + "\n")
-    argv = command.training_argv(sys.executable, config_file, loaded.spec.train.devices)
-    result = run_logged(argv, paths.stage_log("finetune", attempt), on_line)
-    if result.exit_code != 0:
-        raise StageFailed("finetune", result.exit_code, result.log_file, result.log_tail)
+    train = loaded.spec.train
+    stage_command = StageCommand("finetune", attempt, command.training_script_args(config_file),
+                                 ranks_per_node=train.devices, gpus_per_node=train.devices, nodes=train.num_nodes,
+                                 mem=mem, model_path=model_path)
+    outcome = (backend or backend_for(loaded)).run(loaded, paths, stage_command, on_line, stop_rule)
+    if not outcome.succeeded:
+        raise StageFailed("finetune", outcome)
     summary = json.loads(paths.train_summary_file.read_text())
     return TrainResult(
         final_step=summary["final_step"],
@@ -90,23 +99,29 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, micro_
         wall_time_s=summary["wall_time_s"],
         peak_memory_gib=summary["peak_memory_gib"],
         micro_batch_size=config["micro_batch_size"],
-        log_file=str(result.log_file),
+        log_file=str(outcome.log_file),
+        job_id=outcome.job_id,
+        started_at=outcome.started_at,
     )
 
 
-def evaluate_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, on_line: LineSink = print) -> dict[str, Any]:
-    """Generate on the test split, then score: exact match (raw and normalised), F1, loss."""
+def evaluate_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, on_line: LineSink = print,
+                   backend: Backend | None = None) -> dict[str, Any]:
+    """Generate on the test split (a process or job), then score: exact match (raw and normalised), F1, loss."""
     config_file = paths.stage_config("evaluate")
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(command.generation_config(loaded.spec, model_path, paths), indent=2) + "\n")
-    result = run_logged(command.generation_argv(sys.executable, config_file), paths.stage_log("evaluate"), on_line)
-    if result.exit_code != 0:
-        raise StageFailed("evaluate", result.exit_code, result.log_file, result.log_tail)
+    stage_command = StageCommand("evaluate", 1, command.generation_script_args(config_file), model_path=model_path)
+    outcome = (backend or backend_for(loaded)).run(loaded, paths, stage_command, on_line)
+    if not outcome.succeeded:
+        raise StageFailed("evaluate", outcome)
     summary = json.loads(paths.eval_summary_file.read_text())
     scores = score_predictions(paths.predictions_file)
     wanted = set(loaded.spec.evaluation.metrics)
     metrics = {k: v for k, v in {**scores, "loss": summary["loss"]}.items() if k in wanted or k == "records"}
     metrics["generation"] = {"tokens_to_generate": summary["tokens_to_generate"], "greedy": summary["greedy"]}
+    if outcome.job_id:
+        metrics["job_id"] = outcome.job_id
     paths.metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -125,8 +140,12 @@ def run_files(paths: RunPaths) -> dict[str, Path]:
         "evaluate/eval_summary.json": paths.eval_summary_file,
     })
     for stage in ("finetune", "evaluate"):
-        for log in sorted((paths.root / stage).glob("attempt-*/output.log")):
-            files[f"logs/{stage}/{log.parent.name}.log"] = log
+        for attempt_dir in sorted((paths.root / stage).glob("attempt-*")):
+            for log in sorted([*attempt_dir.glob("output.log"), *attempt_dir.glob("slurm-*.out")]):
+                name = attempt_dir.name if log.name == "output.log" else f"{attempt_dir.name}-{log.stem}"
+                files[f"logs/{stage}/{name}.log"] = log
+            if (attempt_dir / "job.sbatch").exists():
+                files[f"jobs/{stage}/{attempt_dir.name}.sbatch"] = attempt_dir / "job.sbatch"
     return files
 
 

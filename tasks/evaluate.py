@@ -9,12 +9,14 @@ from prefect.cache_policies import NO_CACHE
 from peftpipe import stages
 from peftpipe.paths import RunPaths
 from peftpipe.spec import LoadedSpec
+from tasks.gpu_slot import gpu_job_slot
 
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def evaluate(loaded: LoadedSpec, paths: RunPaths, model_path: Path) -> dict[str, Any]:
     """Generate on the test split and score the predictions."""
     logger = get_run_logger()
-    metrics = stages.evaluate_stage(loaded, paths, model_path, on_line=logger.info)
+    with gpu_job_slot(loaded):
+        metrics = stages.evaluate_stage(loaded, paths, model_path, on_line=logger.info)
     logger.info("metrics %s", metrics)
     return metrics

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from peftpipe.engines.hf import command
+from peftpipe.launch import distributed_program
 from peftpipe.paths import RunPaths
 from peftpipe.validation import load_spec
 from tests.conftest import write_spec
@@ -41,8 +42,13 @@ def test_generation_config(tmp_path: Path) -> None:
 def test_argv() -> None:
     config = RUN.stage_config("finetune")
     rendered = {
-        "train_one_process": command.training_argv("/opt/venv/bin/python", config),
-        "train_four_ranks": command.training_argv("/opt/venv/bin/python", config, processes=4),
-        "generate": command.generation_argv("/opt/venv/bin/python", RUN.stage_config("evaluate")),
+        "train_one_process": local_program(command.training_script_args(config), 1),
+        "train_four_ranks": local_program(command.training_script_args(config), 4),
+        "generate": local_program(command.generation_script_args(RUN.stage_config("evaluate")), 1),
     }
     assert_matches_golden("hf_argv.json", json.dumps(rendered, indent=2) + "\n")
+
+
+def local_program(script_args: list[str], ranks: int) -> list[str]:
+    program, _, _ = distributed_program("/opt/venv/bin/python", script_args, 1, ranks, "torchrun")
+    return [str(word) for word in program]

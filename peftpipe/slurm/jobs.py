@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftpipe.paths import RunPaths
-from peftpipe.slurm.render import Expand, JobRequest, Word
+from peftpipe.launch import distributed_program
+from peftpipe.slurm.render import JobRequest
 from peftpipe.spec import RunSpec
 
 # peftpipe's own source tree: bound into containers and put on PYTHONPATH there, so the
@@ -19,23 +20,6 @@ def job_name(run_id: str, stage: str) -> str:
 
 def job_name_prefix(run_id: str) -> str:
     return f"peftpipe-{run_id}-"
-
-
-def distributed_program(python: str, script_args: list[str], nodes: int, ranks_per_node: int,
-                        launcher: str) -> tuple[list[Word], int, bool]:
-    """(program per task, tasks per node, needs a rendezvous host) for the launcher.
-
-    ``script_args`` is what follows the interpreter: ``-m module ...`` or ``script.py ...``.
-    """
-    if ranks_per_node * nodes == 1 or launcher == "srun":
-        return [python, *script_args], ranks_per_node, nodes * ranks_per_node > 1
-    torchrun: list[Word] = [python, "-m", "torch.distributed.run"]
-    if nodes == 1:
-        torchrun += ["--standalone", f"--nproc_per_node={ranks_per_node}"]
-        return [*torchrun, *script_args], 1, False
-    torchrun += [f"--nnodes={nodes}", f"--nproc_per_node={ranks_per_node}", "--rdzv_backend=c10d",
-                 Expand("--rdzv_id=${SLURM_JOB_ID}"), Expand("--rdzv_endpoint=${MASTER_ADDR}:${MASTER_PORT}")]
-    return [*torchrun, *script_args], 1, True
 
 
 def stage_job(spec: RunSpec, run_id: str, paths: RunPaths, stage: str, attempt: int, script_args: list[str],

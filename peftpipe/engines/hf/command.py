@@ -68,13 +68,10 @@ def generation_config(spec: RunSpec, model_path: Path, paths: RunPaths) -> dict[
     }
 
 
-def training_argv(python: str, config_file: Path, processes: int = 1) -> list[str]:
-    """``python -m`` for one process, ``torchrun`` for several data-parallel ranks on this node."""
-    if processes == 1:
-        return [python, "-m", TRAIN_MODULE, "--config", str(config_file)]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", TRAIN_MODULE, "--config", str(config_file)]
+def training_script_args(config_file: Path) -> list[str]:
+    """What follows the interpreter (or torchrun) in a training process's command line."""
+    return ["-m", TRAIN_MODULE, "--config", str(config_file)]
 
 
-def generation_argv(python: str, config_file: Path) -> list[str]:
-    return [python, "-m", GENERATE_MODULE, "--config", str(config_file)]
+def generation_script_args(config_file: Path) -> list[str]:
+    return ["-m", GENERATE_MODULE, "--config", str(config_file)]

@@ -1,0 +1,105 @@
+"""The fine-tune attempt loop: run, diagnose a failure, ask the policy, run again.
+
+Pure of Prefect: the flow passes a ``run_one`` that runs one attempt as a task; a script on a
+machine without Prefect passes the stage function itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from peftpipe.failures import diagnose
+from peftpipe.retry import AttemptSettings, next_attempt
+from peftpipe.spec import RunSpec, memory_mb
+from peftpipe.stages import StageFailed, TrainResult
+
+
+class FinetuneGaveUp(RuntimeError):
+    """Every attempt the policy allowed failed; the message says what was tried and what to change."""
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One row of the attempts table a person reads after the run."""
+
+    attempt: int
+    micro_batch_size: int
+    gradient_accumulation: int
+    activation_checkpointing: bool
+    mem: str | None
+    outcome: str
+    kind: str
+    evidence: str
+    job_id: str | None
+    duration_s: float
+    resubmitted_after_s: float | None  # from the previous attempt's failure line to this start
+
+    def as_row(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def first_attempt(spec: RunSpec, micro_batch_size: int | None = None) -> AttemptSettings:
+    """Attempt 1: the spec's settings (or a preflight's smaller micro batch), with the job's memory."""
+    slurm = spec.execution.slurm
+    mem_gb = memory_mb(slurm.mem) // 1024 if spec.execution.backend == "slurm" else None
+    return AttemptSettings(attempt=1, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
+                           activation_checkpointing=spec.train.activation_checkpointing, mem_gb=mem_gb)
+
+
+def memory_limit_gb(spec: RunSpec) -> int | None:
+    slurm = spec.execution.slurm
+    if spec.execution.backend != "slurm" or slurm.max_mem is None:
+        return None
+    return memory_mb(slurm.max_mem) // 1024
+
+
+def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[AttemptSettings], TrainResult],
+                 on_records: Callable[[list[AttemptRecord]], None] = lambda records: None,
+                 log: Callable[[str], None] = print) -> TrainResult:
+    """Run attempts until one completes, each resuming from the run's latest checkpoint."""
+    train = spec.train
+    per_rank = train.global_batch_size // train.data_parallel_size
+    records: list[AttemptRecord] = []
+    settings = first
+    failure_seen_at: float | None = None
+    while True:
+        started = time.monotonic()
+        common = dict(attempt=settings.attempt, micro_batch_size=settings.micro_batch_size,
+                      gradient_accumulation=per_rank // settings.micro_batch_size,
+                      activation_checkpointing=settings.activation_checkpointing,
+                      mem=f"{settings.mem_gb}G" if settings.mem_gb else None)
+        try:
+            result = run_one(settings)
+        except StageFailed as failure:
+            outcome = failure.outcome
+            diagnosis = diagnose(outcome.state, outcome.exit_code, outcome.log_tail)
+            decision = next_attempt(diagnosis, settings, train.global_batch_size, train.data_parallel_size,
+                                    train.max_attempts, memory_limit_gb(spec))
+            records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
+                                         evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
+                                         duration_s=round(time.monotonic() - started, 1),
+                                         resubmitted_after_s=_latency(failure_seen_at, outcome.started_at)))
+            on_records(records)
+            log(f"attempt {settings.attempt} failed ({diagnosis.kind.value}): {diagnosis.evidence} -> "
+                f"{decision.reason}")
+            if decision.next is None:
+                tried = ", ".join(f"mbs {r.micro_batch_size}{' + checkpointing' if r.activation_checkpointing else ''}"
+                                  for r in records)
+                raise FinetuneGaveUp(f"fine-tune failed after {len(records)} attempt(s) ({tried}): "
+                                     f"{decision.reason}") from failure
+            failure_seen_at = outcome.detected_at or time.time()
+            settings = decision.next
+            continue
+        records.append(AttemptRecord(**common, outcome="completed", kind="none", evidence="", job_id=result.job_id,
+                                     duration_s=round(time.monotonic() - started, 1),
+                                     resubmitted_after_s=_latency(failure_seen_at, result.started_at)))
+        on_records(records)
+        return result
+
+
+def _latency(failure_seen_at: float | None, started_at: float | None) -> float | None:
+    if failure_seen_at is None or started_at is None:
+        return None
+    return round(started_at - failure_seen_at, 2)
