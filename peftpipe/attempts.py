@@ -88,7 +88,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
                 tried = ", ".join(f"mbs {r.micro_batch_size}{' + checkpointing' if r.activation_checkpointing else ''}"
                                   for r in records)
                 raise FinetuneGaveUp(f"fine-tune failed after {len(records)} attempt(s) ({tried}): "
-                                     f"{decision.reason}") from failure
+                                     f"{decision.reason}\nlast attempt: {failure}") from failure
             failure_seen_at = outcome.detected_at or time.time()
             settings = decision.next
             continue

@@ -18,7 +18,7 @@ from peftpipe.local_runner import run_logged
 from peftpipe.paths import RunPaths
 from peftpipe.slurm.client import JobStatus, SlurmClient
 from peftpipe.launch import distributed_program
-from peftpipe.slurm.jobs import stage_job
+from peftpipe.slurm.jobs import SOURCE_ROOT, stage_job
 from peftpipe.slurm.render import render_batch_script
 from peftpipe.slurm.watch import watch_job
 from peftpipe.spec import LoadedSpec
@@ -96,7 +96,7 @@ class SlurmBackend:
         if job_id is None:
             job = stage_job(loaded.spec, paths.root.name, paths, stage, attempt, command.script_args,
                             host_python=sys.executable, gpus_per_node=command.gpus_per_node, nodes=command.nodes,
-                            mem=command.mem, model_path=command.model_path)
+                            mem=command.mem, model_path=command.model_path, code_root=SOURCE_ROOT)
             script = paths.job_script(stage, attempt)
             script.parent.mkdir(parents=True, exist_ok=True)
             script.write_text(render_batch_script(job))

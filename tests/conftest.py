@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,12 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The one-node Slurm cluster of scripts/start_slurm.sh (started here if the test command did not)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "start_slurm.sh"
+    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"the test cluster did not start:\n{result.stdout}\n{result.stderr}"
+    return result.stdout.strip()

@@ -24,8 +24,12 @@ def job_name_prefix(run_id: str) -> str:
 
 def stage_job(spec: RunSpec, run_id: str, paths: RunPaths, stage: str, attempt: int, script_args: list[str],
               *, host_python: str, gpus_per_node: int, nodes: int = 1, mem: str | None = None,
-              model_path: Path | None = None) -> JobRequest:
-    """The job that runs ``script_args`` for ``stage``: one rank per GPU on each node."""
+              model_path: Path | None = None, code_root: Path | None = None) -> JobRequest:
+    """The job that runs ``script_args`` for ``stage``: one rank per GPU on each node.
+
+    ``code_root`` is peftpipe's source tree when the program is one of peftpipe's own engine
+    scripts: a container gets it bound and on PYTHONPATH.
+    """
     slurm = spec.execution.slurm
     container = slurm.container
     in_container = container.runtime != "none"
@@ -41,8 +45,10 @@ def stage_job(spec: RunSpec, run_id: str, paths: RunPaths, stage: str, attempt: 
     }
     binds: list[str] = []
     if in_container:
-        env["PYTHONPATH"] = str(SOURCE_ROOT)
-        binds = [str(paths.root), str(SOURCE_ROOT)]
+        binds = [str(paths.root)]
+        if code_root is not None:
+            env["PYTHONPATH"] = str(code_root)
+            binds.append(str(code_root))
         if model_path is not None:
             binds.append(str(model_path))
     env.update(slurm.env)

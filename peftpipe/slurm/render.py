@@ -116,12 +116,28 @@ def container_words(job: JobRequest) -> tuple[list[Word], list[Word]]:
 
 
 def launch_lines(job: JobRequest) -> list[list[Word]]:
-    """The step's command in readable groups: srun and its options, the container, the program."""
+    """The step's command as a person would lay it out: srun, container options, the program."""
     srun_options, wrapper = container_words(job)
     # One dead rank ends the step at once instead of leaving the others in an NCCL wait.
     srun: list[Word] = ["srun", "--kill-on-bad-exit=1", f"--nodes={job.nodes}",
-                        f"--ntasks-per-node={job.tasks_per_node}", *srun_options]
-    return [group for group in (srun, wrapper, job.program) if group]
+                        f"--ntasks-per-node={job.tasks_per_node}"]
+    lines = [srun, *([option] for option in srun_options)]
+    if wrapper:
+        lines.append(wrapper)
+    return lines + program_lines(job.program)
+
+
+def program_lines(program: list[Word]) -> list[list[Word]]:
+    """The interpreter and launcher on one line, the script on the next, one Hydra override per line."""
+    lines: list[list[Word]] = [[]]
+    for index, word in enumerate(program):
+        text = word.template if isinstance(word, Expand) else word
+        starts_script = index > 1 and (text.endswith(".py") or (text == "-m" and index > 1))
+        is_override = "=" in text and not text.startswith("-")
+        if lines[-1] and (starts_script or is_override):
+            lines.append([])
+        lines[-1].append(word)
+    return lines
 
 
 def render_batch_script(job: JobRequest) -> str:

@@ -474,6 +474,10 @@ def script_main(run: Any, description: str, argv: list[str] | None = None) -> No
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="JSON file written by peftpipe")
     args = parser.parse_args(argv)
+    injected_exit = os.environ.get("PEFTPIPE_FAULT_EXIT_CODE")  # test-only, off unless set
+    if injected_exit:
+        print(f"injected failure: exiting with code {injected_exit}", flush=True)
+        sys.exit(int(injected_exit))
     quiet_libraries()
     run(json.loads(Path(args.config).read_text()))
 
