@@ -71,6 +71,8 @@ def fatal_line(line: str) -> str | None:
     return None
 
 
+_LAUNCHER_NOISE = re.compile(r"^(srun|slurmstepd):")
+
 STATE_KINDS = {
     "OUT_OF_MEMORY": FailureKind.HOST_OOM,
     "TIMEOUT": FailureKind.TIMEOUT,
@@ -98,5 +100,6 @@ def diagnose(slurm_state: str | None, exit_code: int | None, log_tail: str) -> D
                 return Diagnosis(kind, line)
     if state in STATE_KINDS:
         return Diagnosis(STATE_KINDS[state], f"Slurm state {slurm_state}")
-    last = next((line for line in reversed(lines) if line), "")
+    # srun's and slurmstepd's own lines report that a task ended, not why.
+    last = next((line for line in reversed(lines) if line and not _LAUNCHER_NOISE.match(line)), "")
     return Diagnosis(FailureKind.UNKNOWN, last or f"exit code {exit_code}, state {slurm_state or 'unknown'}")

@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# The real one-node Slurm cluster (slurm-wlm, munge, slurmdbd, MariaDB); a no-op when it is up.
+./scripts/start_slurm.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 exec .venv/bin/python -m pytest -q "$@"

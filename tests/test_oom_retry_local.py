@@ -1,4 +1,5 @@
-"""OOM-adaptive retries through Prefect on the local backend, with the training script's fault injection."""
+"""OOM-adaptive retries through Prefect on the local backend and on real Slurm, with the training script's
+fault injection."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from tests.conftest import write_spec
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("backend", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
 def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoint: str, prefect_api,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch, backend: str,
+                                                      request: pytest.FixtureRequest) -> None:
     from prefect.artifacts import Artifact
     from safetensors.torch import load_file
     import torch
@@ -23,13 +26,17 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
 
     common = {"model.endpoint": hub_endpoint, "model.cache_dir": str(tmp_path / "hf-cache"),
               "workdir": str(tmp_path / "runs"), "artifacts.store": f"file://{tmp_path / 'store'}",
-              "train.max_steps": 10, "train.checkpoint_every": 5, "train.global_batch_size": 8}
+              "train.max_steps": 10, "train.checkpoint_every": 5, "train.global_batch_size": 8,
+              "execution.backend": backend, "execution.slurm": {"mem": "2G", "cpus_per_task": 1,
+                                                                "poll_max_interval_s": 5}}
+    if backend == "slurm":
+        request.getfixturevalue("slurm_cluster")
     spec = write_spec(tmp_path / "oom", {**common, "train.micro_batch_size": 8})
     reference_spec = write_spec(tmp_path / "ref", {**common, "train.micro_batch_size": 2})
 
     monkeypatch.setenv("PEFTPIPE_FAULT_OOM_ABOVE_MBS", "2")
     monkeypatch.setenv("PEFTPIPE_FAULT_OOM_FROM_STEP", "6")
-    state = finetune(spec_path=str(spec), run_id="oom-run", return_state=True)
+    state = finetune(spec_path=str(spec), run_id=f"oom-{backend}", return_state=True)
     assert state.is_completed(), state.result(raise_on_failure=False)
     names = [row.name for row in stage_rows(state.state_details.flow_run_id)]
     finetunes = [n for n in names if n.startswith("finetune")]
@@ -39,13 +46,17 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
     assert [(r["kind"], r["micro_batch_size"], r["gradient_accumulation"]) for r in rows] == [
         ("gpu_oom", 8, 1), ("gpu_oom", 4, 2), ("none", 2, 4)]
     assert rows[0]["evidence"].startswith("torch.OutOfMemoryError: CUDA out of memory.")
-    run = tmp_path / "runs" / "oom-run" / "finetune"
+    if backend == "slurm":
+        assert all(row["job_id"] for row in rows)
+        assert len({row["job_id"] for row in rows}) == 3
+        assert rows[1]["resubmitted_after_s"] is not None and rows[1]["resubmitted_after_s"] < 30
+    run = tmp_path / "runs" / f"oom-{backend}" / "finetune"
     assert json.loads((run / "train_summary.json").read_text())["resumed_from_step"] == 5
 
     monkeypatch.delenv("PEFTPIPE_FAULT_OOM_ABOVE_MBS")
-    reference = finetune(spec_path=str(reference_spec), run_id="reference-run", return_state=True)
+    reference = finetune(spec_path=str(reference_spec), run_id=f"reference-{backend}", return_state=True)
     assert reference.is_completed()
-    ref = tmp_path / "runs" / "reference-run" / "finetune"
+    ref = tmp_path / "runs" / f"reference-{backend}" / "finetune"
 
     def curve(directory: Path) -> list[float]:
         return [json.loads(line)["loss"] for line in (directory / "metrics.jsonl").read_text().splitlines()]
