@@ -86,3 +86,37 @@ def test_one_sacct_call_answers_for_many_jobs(tmp_path: Path, slurm_cluster: str
     statuses = client.status(jobs)
     assert [c for _, c in client.calls[before:]] == ["sacct"]
     assert {s.state for s in statuses.values()} == {"COMPLETED"}
+
+
+def test_host_oom_raises_mem_once_within_the_partition_limit(tmp_path: Path, slurm_cluster: str) -> None:
+    from peftpipe.attempts import FinetuneGaveUp, first_attempt, run_attempts
+    from peftpipe.stages import StageFailed, TrainResult
+
+    # Holds 1.5 GB for a few seconds: more than the first attempt's --mem=1G, less than 2G.
+    program = ["-c", "import time; held = b'x' * (1500 * 2**20); time.sleep(6); print('held 1.5 GB')"]
+
+    def attempts(max_mem: str, run_id: str) -> list:
+        loaded = load_spec(write_spec(tmp_path / run_id, {"execution.backend": "slurm", "execution.slurm": {
+            "mem": "1G", "max_mem": max_mem, "cpus_per_task": 1, "poll_max_interval_s": 4}}))
+        paths = RunPaths(tmp_path / "runs" / run_id)
+        records: list = []
+
+        def run_one(settings):
+            command = StageCommand("finetune", settings.attempt, program, mem=f"{settings.mem_gb}G")
+            outcome = SlurmBackend().run(loaded, paths, command, stop_rule=fatal_line)
+            if not outcome.succeeded:
+                raise StageFailed("finetune", outcome)
+            assert "held 1.5 GB" in outcome.log_tail
+            return TrainResult(0, 0.0, None, 0.0, 0.0, settings.micro_batch_size, str(outcome.log_file),
+                               outcome.job_id, outcome.started_at)
+
+        run_attempts(loaded.spec, first_attempt(loaded.spec), run_one, on_records=lambda r: records.__setitem__(
+            slice(None), r))
+        return records
+
+    records = attempts("3G", "host-oom")
+    assert [(r.kind, r.mem) for r in records] == [("host_oom", "1G"), ("none", "2G")]
+    assert "Exceeded job memory limit" in records[0].evidence or "exceeded memory limit" in records[0].evidence
+
+    with pytest.raises(FinetuneGaveUp, match=r"host memory exhausted at 1 GB \(limit 1 GB\); it needed more than 1 GB"):
+        attempts("1G", "host-oom-capped")
