@@ -116,7 +116,9 @@ def convert(profile: str, relative: str, argv: list[str]) -> int:
     if name in ex.NEEDS_CUDA and capability is None:
         raise StandinError("RuntimeError", "Found no NVIDIA driver on your system.")
     precision = args.precision
-    if name in ex.FP16_FALLBACK and precision in ("bf16", "bf16-mixed") and (capability or 0) < 8.0:
+    if name in ex.FP16_FALLBACK and precision in ("32", "16"):
+        precision = int(precision)  # int(float(args.precision)) in the scripts
+    elif name in ex.FP16_FALLBACK and precision in ("bf16", "bf16-mixed") and (capability or 0) < 8.0:
         log("BF16 is not supported on this device. Using FP16 instead.", "W", f"convert_{name}_hf_to_nemo:117")
         precision = precision[2:]
     heads = hf["num_attention_heads"]
