@@ -78,8 +78,10 @@ class NemoSpec(_Strict):
     layer_selection: list[int] | None = Field(
         None, description="lora, adapter, ia3: 1-based layers that get adapters; null: every layer."
     )
-    ptuning_embedding_dim: int = Field(1024, gt=0, description="p_tuning.embedding_dim of the prompt encoder"
-                                                               " (its bottleneck_dim is peft.ptuning.encoder_hidden_size).")
+    ptuning_embedding_dim: int = Field(
+        1024, gt=0, description="p_tuning.embedding_dim of the prompt encoder (its bottleneck_dim is"
+                                " peft.ptuning.encoder_hidden_size)."
+    )
     pad_to_max_length: bool = Field(False, description="Pad every batch to max_seq_length, so the worst-case memory"
                                                        " shows at step 1 instead of mid-run.")
     early_stopping: bool = Field(True, description="NeMo's early stopping on val_loss (patience 10 validations).")

@@ -30,7 +30,10 @@ from peftpipe.spec import (
     time_limit_s,
 )
 
-ENGINE_METHODS: dict[str, tuple[str, ...]] = {"hf": ("lora", "ia3", "ptuning"), "nemo": ("lora", "ptuning", "adapter", "ia3")}
+ENGINE_METHODS: dict[str, tuple[str, ...]] = {
+    "hf": ("lora", "ia3", "ptuning"),
+    "nemo": ("lora", "ptuning", "adapter", "ia3"),
+}
 
 
 @dataclass(frozen=True)

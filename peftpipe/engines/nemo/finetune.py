@@ -22,7 +22,8 @@ NEMO_TARGETS = ("attention_qkv", "attention_dense", "mlp_fc1", "mlp_fc2", "atten
 # into one linear, and gate and up into fc1, so their members can only be adapted together.
 HF_TO_NEMO = {
     "q_proj": "attention_qkv", "k_proj": "attention_qkv", "v_proj": "attention_qkv",
-    "query_key_value": "attention_qkv", "qkv_proj": "attention_qkv", "c_attn": "attention_qkv", "Wqkv": "attention_qkv",
+    "query_key_value": "attention_qkv", "qkv_proj": "attention_qkv", "c_attn": "attention_qkv",
+    "Wqkv": "attention_qkv",
     "o_proj": "attention_dense", "out_proj": "attention_dense", "dense": "attention_dense",
     "gate_proj": "mlp_fc1", "up_proj": "mlp_fc1", "dense_h_to_4h": "mlp_fc1", "c_fc": "mlp_fc1", "fc1": "mlp_fc1",
     "down_proj": "mlp_fc2", "dense_4h_to_h": "mlp_fc2", "fc2": "mlp_fc2",
@@ -40,11 +41,11 @@ def lora_target_modules(names: list[str]) -> list[str]:
     for group in FUSED_GROUPS:
         present = group & set(names)
         if present and present != group:
-            raise NemoSpecError("peft.lora.target_modules", f"lists {sorted(present)} without {sorted(group - present)};"
-                                " NeMo fuses them into one linear layer", f"list all of {sorted(group)} or none")
+            raise NemoSpecError("peft.lora.target_modules", f"lists {sorted(present)} without"
+                                f" {sorted(group - present)}; NeMo fuses them into one linear layer",
+                                f"list all of {sorted(group)} or none")
     mapped = {HF_TO_NEMO.get(n, n) for n in names}
-    ordered = [t for t in NEMO_TARGETS if t in mapped]
-    return ordered
+    return [t for t in NEMO_TARGETS if t in mapped]
 
 
 def nemo_prompt_template(template: str) -> str:

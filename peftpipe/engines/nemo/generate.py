@@ -125,7 +125,7 @@ def write_predictions(rows: list[dict[str, Any]], predictions_file: Path) -> Non
 _TEST_LOSS = re.compile(r"^[\s│|]*test_loss[\s│|]+([-+0-9.eE]+|nan|inf)[\s│|]*$")
 
 
-def test_loss_from_log(log_text: str) -> float | None:
+def read_test_loss(log_text: str) -> float | None:
     """``test_loss`` from the results table trainer.test prints, if the log has one."""
     for line in reversed(log_text.splitlines()):
         match = _TEST_LOSS.match(line)
@@ -138,7 +138,7 @@ def evaluation_metrics(spec: RunSpec, profile: Profile, paths: NemoPaths, log_te
     """Copy NeMo's predictions into the run's predictions.jsonl, score them, record the settings."""
     write_predictions(read_nemo_predictions(paths.nemo_predictions()), paths.run.predictions_file)
     scores = score_predictions(paths.run.predictions_file)
-    loss = test_loss_from_log(log_text)
+    loss = read_test_loss(log_text)
     wanted = set(spec.evaluation.metrics)
     metrics: dict[str, Any] = {k: v for k, v in scores.items() if k in wanted or k == "records"}
     if "loss" in wanted and loss is not None:
