@@ -102,7 +102,7 @@ def _render_hf(loaded: LoadedSpec, run_id: str, paths: RunPaths, stage: str, att
         module, gpus, nodes = command.TRAIN_MODULE, loaded.spec.train.devices, loaded.spec.train.num_nodes
     else:
         config = command.generation_config(loaded.spec, model_dir, paths)
-        module, gpus, nodes = command.GENERATE_MODULE, loaded.spec.train.devices and 1, 1
+        module, gpus, nodes = command.GENERATE_MODULE, 1, 1  # the hf generation script is one process
     script_args = ["-m", module, "--config", str(paths.stage_config(stage))]
     if as_json:
         return json.dumps({"engine": "hf", "stage": stage, "script_args": script_args, "config": config},
