@@ -223,3 +223,15 @@ def test_renderer_tables_cite_their_commits() -> None:
         for converter in profile.converters.values():
             assert f"@{profile.commit} l." in converter.source
         assert all(profile.commit in source for source in profile.sources.values())
+
+
+def test_activation_checkpointing_retry_is_accepted(tmp_path: Path) -> None:
+    """The OOM policy's last step (micro batch 1 + activation checkpointing) renders keys NeMo declares."""
+    loaded = load(LLAMA, FAST)
+    paths = NemoPaths(RunPaths(tmp_path / "run"))
+    write_data(paths.run)
+    assert run_standin(stage(loaded, paths, "convert"), "24.03").returncode == 0
+    command = stage(loaded, paths, "finetune", micro_batch_size=1, activation_checkpointing=True)
+    assert "model.activations_checkpoint_granularity=full" in command.overrides
+    result = run_standin(command, "24.03")
+    assert result.returncode == 0, result.stderr
