@@ -63,7 +63,7 @@ def generate_overrides(spec: RunSpec, paths: NemoPaths, base_nemo: Path, profile
         override("model.restore_from_path", str(base_nemo)),
         override("model.peft.restore_from_path", str(paths.adapter_nemo(spec.peft.method))),
         override("model.peft.peft_scheme", spec.peft.method),
-        # merge_inference_cfg asserts these equal training's (nlp_adapter_mixins.py l.496-501).
+        # merge_inference_cfg asserts these equal training's (nlp_adapter_mixins.py l.500-505, 2874086783).
         override("model.tensor_model_parallel_size", spec.nemo.tensor_parallel_size),
         override("model.pipeline_model_parallel_size", spec.nemo.pipeline_parallel_size),
         override("model.global_batch_size", batch),

@@ -71,7 +71,8 @@ class GenerateLayout:
 
 def generate_layout(spec: RunSpec) -> GenerateLayout:
     """Generation runs data-parallel 1 on exactly TP x PP GPUs: megatron_gpt_generate.py asserts
-    that evaluation TP/PP equal training's (merge_inference_cfg, nlp_adapter_mixins.py l.496-501)."""
+    that evaluation TP/PP equal training's (merge_inference_cfg, nlp_adapter_mixins.py l.500-505
+    at 2874086783)."""
     model_parallel = spec.nemo.model_parallel_size
     per_node = spec.train.devices
     if model_parallel <= per_node:
