@@ -12,12 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from peftpipe.cli_data import data_app
+from peftpipe.cli_render import render
 from peftpipe.validation import SpecError, load_spec
 
 app = typer.Typer(help="Parameter-efficient fine-tuning pipelines for Slurm clusters.", no_args_is_help=True)
 hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=True)
 app.add_typer(hub_app, name="hub")
 app.add_typer(data_app, name="data")
+app.command()(render)
 console = Console()
 errors = Console(stderr=True)
 

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from peftpipe.spec_nemo import NemoSpec
+
 
 class StrictModel(BaseModel):
     """Base for every spec section: unknown keys are errors.
@@ -226,6 +228,16 @@ class PtuningSpec(StrictModel):
     encoder_hidden_size: int = Field(128, gt=0, description="Hidden size of the prompt encoder MLP.")
 
 
+class AdapterSpec(StrictModel):
+    """NeMo's parallel adapter (peft.method: adapter; nemo engine only)."""
+
+    dim: int = Field(32, gt=0, description="Bottleneck dimension (adapter_tuning.adapter_dim).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm_position: Literal["pre", "post"] = Field("pre", description="Where the adapter's layer norm sits.")
+    # NeMo's YAML also names linear_adapter, but no 1.x peft_config.py reads `type`: it is always parallel.
+    type: Literal["parallel_adapter"] = "parallel_adapter"
+
+
 PeftMethod = Literal["lora", "ia3", "ptuning", "adapter"]
 
 
@@ -236,6 +248,7 @@ class PeftSpec(StrictModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     ia3: Ia3Spec = Field(default_factory=Ia3Spec)
     ptuning: PtuningSpec = Field(default_factory=PtuningSpec)
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
 
 
 class TrainSpec(StrictModel):
@@ -392,7 +405,9 @@ class RunSpec(StrictModel):
     dataset: DatasetSpec
     peft: PeftSpec = Field(default_factory=PeftSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "nemo"] = Field("hf", description="hf: transformers + peft; nemo: NeMo 1.x scripts in the"
+                                                           " job's container (see the nemo section).")
+    nemo: NemoSpec = Field(default_factory=NemoSpec, description="engine nemo only.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)

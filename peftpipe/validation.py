@@ -30,7 +30,10 @@ from peftpipe.spec import (
     time_limit_s,
 )
 
-ENGINE_METHODS: dict[str, tuple[str, ...]] = {"hf": ("lora", "ia3", "ptuning")}
+ENGINE_METHODS: dict[str, tuple[str, ...]] = {
+    "hf": ("lora", "ia3", "ptuning"),
+    "nemo": ("lora", "ptuning", "adapter", "ia3"),
+}
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     issues: list[SpecIssue] = []
     train = spec.train
     per_step = train.micro_batch_size * train.data_parallel_size
-    if train.global_batch_size % per_step:
+    # The nemo engine checks this itself: its data-parallel size is the GPU count / (TP x PP).
+    if spec.engine != "nemo" and train.global_batch_size % per_step:
         issues.append(
             SpecIssue(
                 "train.global_batch_size",
@@ -130,6 +134,14 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     issues += _check_model(loaded)
     issues += _check_dataset(loaded)
     issues += _check_slurm(loaded)
+    if spec.engine == "nemo":
+        from peftpipe.engines.nemo.validate import check_nemo
+
+        issues += check_nemo(loaded)
+    elif "nemo" in spec.model_fields_set:
+        issues.append(SpecIssue("nemo", f"applies to engine nemo, not {spec.engine}", "remove it or set engine: nemo"))
+    if spec.peft.method != "adapter" and "adapter" in spec.peft.model_fields_set:
+        issues.append(SpecIssue("peft.adapter", f"applies to method adapter, not {spec.peft.method}", "remove it"))
     return issues
 
 
