@@ -50,7 +50,7 @@ def test_run_killed_trainer_then_rerun_resumes(tmp_path: Path, hub_endpoint: str
         os.kill(pid, signal.SIGKILL)
     output, _ = first.communicate(timeout=120)
     assert first.returncode == 1, output
-    assert "finetune failed with exit code -9" in output
+    assert "finetune failed: process ended with exit code -9" in output
     assert "Failed" in output  # the summary table shows the failed stage
 
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
