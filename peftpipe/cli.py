@@ -11,11 +11,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from peftpipe.cli_artifacts import app as artifacts_app
 from peftpipe.validation import SpecError, load_spec
 
 app = typer.Typer(help="Parameter-efficient fine-tuning pipelines for Slurm clusters.", no_args_is_help=True)
 hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=True)
 app.add_typer(hub_app, name="hub")
+app.add_typer(artifacts_app, name="artifacts")
 console = Console()
 errors = Console(stderr=True)
 
