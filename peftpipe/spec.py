@@ -174,7 +174,7 @@ class S3StoreSpec(StrictModel):
         "auto", description="path for most S3-compatible servers (bucket in the path, not the host name)."
     )
     part_size_mb: int = Field(
-        32, ge=5, le=5120, description="Multipart part size; files above it are sent in parts (S3 minimum 5)."
+        64, ge=5, le=5120, description="Multipart part size; files above it are sent in parts (S3 minimum 5)."
     )
     max_concurrency: int = Field(8, gt=0, le=64, description="Parts sent or fetched in parallel per file.")
     max_attempts: int = Field(

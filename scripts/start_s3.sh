@@ -103,11 +103,12 @@ echo "http://127.0.0.1:$p" > "$dir/endpoint"
 mkdir -p "$dir/data"
 # Every port is given explicitly (gRPC ones too) so that two servers can run side by side;
 # the Iceberg and Lance endpoints and telemetry are off. A lone master waits electionTimeout
-# for a raft leader after a restart: 10 s by default, needlessly long for one node.
+# for a raft leader after a restart, and a volume server 10 s before it stops: the defaults,
+# made for clusters, only slow down a single local node.
 setsid "$weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
   -master.port=$((p + 1)) -master.port.grpc=$((p + 4)) -master.telemetry=false -master.volumeSizeLimitMB=1024 \
   -master.electionTimeout=1s \
-  -volume.port=$((p + 2)) -volume.port.grpc=$((p + 5)) -volume.max=0 \
+  -volume.port=$((p + 2)) -volume.port.grpc=$((p + 5)) -volume.max=0 -volume.preStopSeconds=0 \
   -filer.port=$((p + 3)) -filer.port.grpc=$((p + 6)) \
   -s3 -s3.port="$p" -s3.port.grpc=$((p + 7)) -s3.config="$dir/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
   </dev/null >>"$dir/weed.log" 2>&1 &

@@ -19,15 +19,22 @@ BUCKET = "peftpipe"
 
 @dataclass
 class SeaweedS3:
-    """One ``weed server -s3`` whose process the tests control (stop, restart)."""
+    """One ``weed server -s3`` whose process the tests control (stop, restart).
+
+    weed lingers some 15 s after SIGTERM although its log says it has stopped, so a stop that
+    takes longer than ``timeout`` ends with SIGKILL.
+    """
 
     data_dir: Path
 
     def start(self) -> None:
-        env = {**os.environ, "S3_PORT": os.environ.get("S3_PORT", "auto"), "S3_BUCKET": BUCKET}
-        subprocess.run([str(START_S3), str(self.data_dir)], check=True, env=env, capture_output=True, timeout=120)
+        env = {**os.environ, "S3_PORT": "auto", "S3_BUCKET": BUCKET}
+        done = subprocess.run([str(START_S3), str(self.data_dir)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{START_S3} failed ({done.returncode}): {done.stderr.strip()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 3.0) -> None:
         pid = int((self.data_dir / "weed.pid").read_text())
         try:
             os.kill(pid, sig)
