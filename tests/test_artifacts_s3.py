@@ -109,7 +109,7 @@ def _stop_then_restart(server: SeaweedS3, at_fraction: float, restart_after_s: f
 @pytest.mark.slow
 def test_server_killed_mid_upload_and_restarted_the_publish_completes(own_s3_server: SeaweedS3,
                                                                       tmp_path: Path) -> None:
-    on_progress, stopped, restarted = _stop_then_restart(own_s3_server, 0.4, restart_after_s=1.0)
+    on_progress, stopped, restarted = _stop_then_restart(own_s3_server, 0.4, restart_after_s=0.2)
     store = store_for(own_s3_server, "outage", on_progress=on_progress)
     files = run_files(tmp_path / "out", big_mib=40)
     published = publish_directory(store, "run-1", files, {})  # botocore's retries wait out the outage

@@ -19,6 +19,7 @@ import json
 import re
 import socket
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,7 +46,8 @@ class MirrorRoot:
     gated_tokens: dict[str, str] = field(default_factory=dict)
     # "<repo_id>/<file>" -> byte offset: the next download of that file stops there, once.
     interrupt_once: dict[str, int] = field(default_factory=dict)
-    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # The latest requests served (method, path, Range), bounded for a long-running mirror.
+    requests: deque[tuple[str, str, str | None]] = field(default_factory=lambda: deque(maxlen=1000))
     _cache: dict[str, tuple[tuple, list[RepoFileEntry]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
