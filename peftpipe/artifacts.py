@@ -1,7 +1,8 @@
 """Artifact storage for a run: ``<store>/<run_id>/...`` plus a manifest written last.
 
 A run whose ``manifest.json`` exists is complete: every object it lists is present with the
-size and sha256 recorded.
+size and sha256 recorded. Two backends share one interface: ``file://DIR`` (below) and
+``s3://bucket/prefix`` (:mod:`peftpipe.artifacts_s3`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,35 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+if TYPE_CHECKING:
+    from peftpipe.artifacts_s3 import S3Access
+    from peftpipe.spec import S3StoreSpec
+
 MANIFEST = "manifest.json"
+# (key, bytes done, total bytes) while a large object moves.
+Progress = Callable[[str, int, int], None]
+
+
+class ArtifactStoreError(RuntimeError):
+    """The store refused an operation; the message says what to check and never holds a secret."""
+
+
+class StoreUnavailable(ArtifactStoreError):
+    """The store did not answer (connection errors, 5xx) even after retries: worth trying again later."""
+
+
+class RunIncomplete(ArtifactStoreError):
+    """The run has no manifest: it was never published, or its publish has not finished."""
+
+
+class ChecksumMismatch(ArtifactStoreError):
+    """Downloaded bytes differ from the manifest's sha256; nothing was written to the destination."""
 
 
 def sha256_file(path: Path) -> str:
@@ -31,12 +55,23 @@ class StoredObject:
     key: str
     size: int
     sha256: str
+    transferred: bool = True  # False: an identical object was already there
 
 
 class ArtifactStore(Protocol):
+    def check(self) -> None:
+        """Fail early, with the reason, if the store cannot be written with these settings."""
+
     def put_file(self, run_id: str, key: str, source: Path) -> StoredObject: ...
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str: ...
+
+    def read_manifest(self, run_id: str) -> dict[str, Any] | None: ...
+
+    def list_runs(self) -> list[str]: ...
+
+    def download(self, run_id: str, key: str, dest: Path) -> None:
+        """Copy one object to ``dest`` as stored; :func:`restore` verifies it."""
 
     def url(self, run_id: str, key: str = "") -> str: ...
 
@@ -46,6 +81,9 @@ class FileArtifactStore:
 
     def __init__(self, root: Path):
         self.root = root
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
 
     def put_file(self, run_id: str, key: str, source: Path) -> StoredObject:
         target = self.root / run_id / key
@@ -62,19 +100,47 @@ class FileArtifactStore:
         os.replace(partial, target)
         return self.url(run_id, MANIFEST)
 
+    def read_manifest(self, run_id: str) -> dict[str, Any] | None:
+        target = self.root / run_id / MANIFEST
+        return json.loads(target.read_text()) if target.is_file() else None
+
+    def list_runs(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def download(self, run_id: str, key: str, dest: Path) -> None:
+        shutil.copyfile(self.root / run_id / key, dest)
+
     def url(self, run_id: str, key: str = "") -> str:
         return (self.root / run_id / key).resolve().as_uri()
 
 
-def open_store(url: str) -> ArtifactStore:
+def open_store(url: str, s3: S3StoreSpec | None = None, access: S3Access | None = None,
+               on_progress: Progress | None = None) -> ArtifactStore:
+    """The store at ``url``; ``s3`` and ``access`` configure an ``s3://`` store (ignored otherwise)."""
     parts = urlsplit(url)
     if parts.scheme == "file":
         return FileArtifactStore(Path(parts.netloc + parts.path).expanduser())
+    if parts.scheme == "s3":
+        from peftpipe.artifacts_s3 import S3ArtifactStore
+
+        return S3ArtifactStore.from_url(url, s3, access, on_progress)
     raise ValueError(f"artifact store {url!r}: unsupported scheme {parts.scheme!r}")
 
 
-def publish_directory(store: ArtifactStore, run_id: str, files: dict[str, Path], metadata: dict[str, Any]) -> dict:
-    """Upload ``files`` (key -> local path), then the manifest listing each with size and sha256."""
+@dataclass(frozen=True)
+class Published:
+    manifest: dict[str, Any]
+    transferred: int  # objects sent; the others were already stored unchanged
+
+
+def publish_directory(store: ArtifactStore, run_id: str, files: dict[str, Path], metadata: dict[str, Any]
+                      ) -> Published:
+    """Upload ``files`` (key -> local path), then the manifest listing each with size and sha256.
+
+    Safe to repeat after a failure: objects already stored unchanged are not sent again, and
+    the run becomes visible as complete only when the manifest lands.
+    """
+    store.check()
     objects = [store.put_file(run_id, key, path) for key, path in sorted(files.items())]
     manifest = {
         **metadata,
@@ -82,4 +148,41 @@ def publish_directory(store: ArtifactStore, run_id: str, files: dict[str, Path],
         "objects": [{"key": o.key, "size": o.size, "sha256": o.sha256} for o in objects],
     }
     manifest["manifest_url"] = store.write_manifest(run_id, manifest)
-    return manifest
+    return Published(manifest, sum(o.transferred for o in objects))
+
+
+def restore(store: ArtifactStore, run_id: str, name: str, dest: Path) -> list[Path]:
+    """Download object ``name`` (or every object under the prefix ``name/``) of a complete run.
+
+    A single object lands at ``dest`` (or inside it if ``dest`` is a directory); a prefix lands
+    under the directory ``dest``. Each file is checked against the manifest's size and sha256
+    before it appears at its destination; a file already there with that sha256 is kept.
+    """
+    manifest = store.read_manifest(run_id)
+    if manifest is None:
+        raise RunIncomplete(f"run {run_id!r} has no {MANIFEST} at {store.url(run_id)}: it is not published"
+                            " (or its publish has not finished); `peftpipe artifacts ls` lists complete runs.")
+    objects = {o["key"]: o for o in manifest["objects"]}
+    prefix = name.strip("/") + "/"
+    if name in objects:
+        target = dest / Path(name).name if dest.is_dir() else dest
+        chosen = [(objects[name], target)]
+    else:
+        chosen = [(o, dest / key[len(prefix):]) for key, o in objects.items() if key.startswith(prefix)]
+    if not chosen:
+        raise ArtifactStoreError(f"run {run_id!r} has no object or prefix {name!r}; it has: {', '.join(objects)}.")
+    for obj, target in chosen:
+        if target.is_file() and target.stat().st_size == obj["size"] and sha256_file(target) == obj["sha256"]:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            store.download(run_id, obj["key"], partial)
+            got = sha256_file(partial)
+            if got != obj["sha256"] or partial.stat().st_size != obj["size"]:
+                raise ChecksumMismatch(f"{store.url(run_id, obj['key'])}: sha256 {got} differs from the manifest's"
+                                       f" {obj['sha256']}; the stored object is damaged or was replaced.")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    return [target for _, target in chosen]

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from peftpipe.cli_data import data_app
 from peftpipe.cli_render import render
+from peftpipe.cli_artifacts import app as artifacts_app
 from peftpipe.validation import SpecError, load_spec
 
 app = typer.Typer(help="Parameter-efficient fine-tuning pipelines for Slurm clusters.", no_args_is_help=True)
@@ -20,6 +21,7 @@ hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=Tru
 app.add_typer(hub_app, name="hub")
 app.add_typer(data_app, name="data")
 app.command()(render)
+app.add_typer(artifacts_app, name="artifacts")
 console = Console()
 errors = Console(stderr=True)
 

@@ -37,6 +37,11 @@ class ModelSource(StrictModel):
         None, description="Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co."
     )
     cache_dir: str | None = Field(None, description="Download cache on the cluster file system.")
+    token_secret: str | None = Field(
+        "hf-token",
+        description="Prefect Secret block holding the Hub token (for gated or private repos); if no such"
+        " block exists, HF_TOKEN in the worker's environment is used. Never put the token itself in a spec.",
+    )
 
 
 class Split(StrictModel):
@@ -383,14 +388,53 @@ class EvaluationSpec(StrictModel):
     max_records: int | None = Field(None, gt=0, description="Evaluate only the first N test records.")
 
 
+# Bucket names as S3 accepts them (3-63 lowercase letters, digits, dots, dashes).
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class S3StoreSpec(StrictModel):
+    """How to reach an ``s3://`` store; credentials never go here, only the name of the block holding them."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:8333; default: the block's, else AWS."
+    )
+    region: str | None = Field(None, description="Region name; default: the block's or the AWS environment's.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="path for most S3-compatible servers (bucket in the path, not the host name)."
+    )
+    part_size_mb: int = Field(
+        64, ge=5, le=5120, description="Multipart part size; files above it are sent in parts (S3 minimum 5)."
+    )
+    max_concurrency: int = Field(8, gt=0, le=64, description="Parts sent or fetched in parallel per file.")
+    max_attempts: int = Field(
+        10, gt=0, le=30, description="Attempts per request on connection errors, throttling and 5xx (backoff)."
+    )
+    credentials_block: str | None = Field(
+        None,
+        description="prefect-aws block with the credentials: NAME (an AwsCredentials block) or"
+        " SLUG/NAME (aws-credentials, minio-credentials or s3-bucket); default: the AWS environment.",
+    )
+
+
 class ArtifactsSpec(StrictModel):
-    store: str = Field("file://runs/artifacts", description="file://DIR (relative to the working directory).")
+    store: str = Field(
+        "file://runs/artifacts",
+        description="file://DIR (relative to the working directory) or s3://BUCKET/PREFIX.",
+    )
+    s3: S3StoreSpec = Field(default_factory=S3StoreSpec, description="Settings of an s3:// store.")
 
     @field_validator("store")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if not url.startswith("file://"):
-            raise ValueError(f"{url!r} has an unsupported scheme. Fix: use file://DIRECTORY.")
+        if url.startswith("file://"):
+            return url
+        if not url.startswith("s3://"):
+            raise ValueError(f"{url!r} has an unsupported scheme. Fix: use file://DIRECTORY or s3://BUCKET/PREFIX.")
+        bucket = url[len("s3://"):].split("/", 1)[0]
+        if not S3_BUCKET.match(bucket) or ".." in bucket:
+            raise ValueError(
+                f"{bucket!r} is not a valid S3 bucket name. Fix: use 3-63 lowercase letters, digits, dots and dashes."
+            )
         return url
 
 

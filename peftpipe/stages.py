@@ -8,17 +8,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftpipe import __version__
-from peftpipe.artifacts import open_store, publish_directory
+from peftpipe.artifacts import Progress, open_store, publish_directory
 from peftpipe.backends import Backend, StageCommand, StageOutcome, StopRule, backend_for
 from peftpipe.data.prepare import PreparedData, default_cache_dir, prepare_dataset
 from peftpipe.engines.hf import command
-from peftpipe.hub.fetch import FetchedModel, fetch_model, use_local_model
+from peftpipe.hub.fetch import DEFAULT_TOKEN_HINT, FetchedModel, fetch_model, use_local_model
 from peftpipe.metrics import score_predictions
 from peftpipe.paths import RunPaths
 from peftpipe.spec import LoadedSpec
+
+if TYPE_CHECKING:
+    from peftpipe.artifacts_s3 import S3Access
 
 LineSink = Callable[[str], None]
 
@@ -44,13 +47,16 @@ def run_paths(loaded: LoadedSpec, run_id: str) -> RunPaths:
     return RunPaths(Path(loaded.spec.workdir).expanduser().resolve() / run_id)
 
 
-def fetch_stage(loaded: LoadedSpec, paths: RunPaths) -> FetchedModel:
+def fetch_stage(loaded: LoadedSpec, paths: RunPaths, token: str | None = None,
+                token_hint: str = DEFAULT_TOKEN_HINT) -> FetchedModel:
+    """Fetch (or reuse) the base model; ``token`` is used by this process only and never written."""
     model = loaded.spec.model
     if model.path is not None:
         fetched = use_local_model(loaded.resolve(model.path))
     else:
         cache = Path(model.cache_dir).expanduser() if model.cache_dir else None
-        fetched = fetch_model(model.repo_id, model.revision, cache_dir=cache, endpoint=model.endpoint)
+        fetched = fetch_model(model.repo_id, model.revision, cache_dir=cache, endpoint=model.endpoint,
+                              token=token, token_hint=token_hint)
     paths.root.mkdir(parents=True, exist_ok=True)
     reference = {**asdict(fetched), "path": str(fetched.path)}
     (paths.root / "base_model.json").write_text(json.dumps(reference, indent=2) + "\n")
@@ -150,9 +156,15 @@ def run_files(paths: RunPaths) -> dict[str, Path]:
 
 
 def publish_stage(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: FetchedModel, data: PreparedData,
-                  metrics: dict[str, Any]) -> dict[str, Any]:
-    """Copy the run's outputs to the artifact store; the manifest goes last."""
-    store = open_store(loaded.spec.artifacts.store)
+                  metrics: dict[str, Any], access: S3Access | None = None, on_line: LineSink = print,
+                  on_progress: Progress | None = None) -> dict[str, Any]:
+    """Copy the run's outputs to the artifact store; the manifest goes last.
+
+    Repeating it after a failure sends only what is missing. ``access`` carries the S3
+    credentials resolved by the caller (default: the AWS environment).
+    """
+    artifacts = loaded.spec.artifacts
+    store = open_store(artifacts.store, artifacts.s3, access, on_progress)
     metadata = {
         "peftpipe_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -163,6 +175,8 @@ def publish_stage(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: Fetch
         "metrics": metrics,
         "host": os.uname().nodename,
     }
-    manifest = publish_directory(store, run_id, run_files(paths), metadata)
-    (paths.root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    published = publish_directory(store, run_id, run_files(paths), metadata)
+    objects = len(published.manifest["objects"])
+    on_line(f"{published.transferred} of {objects} objects sent, {objects - published.transferred} already stored")
+    (paths.root / "manifest.json").write_text(json.dumps(published.manifest, indent=2) + "\n")
+    return published.manifest

@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny model, a loopback Hub mirror serving it, spec writing."""
+"""Shared fixtures: the tiny model, a loopback Hub mirror serving it, spec writing, S3 (SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.s3_fixtures import own_s3_server, s3_server  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO / "examples" / "tiny" / "spec.yaml"
@@ -30,17 +33,28 @@ def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@contextmanager
+def serve_mirror(mirror) -> Iterator[str]:  # noqa: ANN001 - a peftpipe.hub.mirror.MirrorRoot
+    """Serve ``mirror`` on a free loopback port until the block ends; yields the endpoint URL."""
+    from peftpipe.hub.mirror import make_server
+
+    server = make_server(mirror)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="session")
 def hub_endpoint(hub_root: Path) -> Iterator[str]:
     """A real Hub-compatible HTTP server on loopback serving ``hub_root``."""
-    from peftpipe.hub.mirror import MirrorRoot, make_server
+    from peftpipe.hub.mirror import MirrorRoot
 
-    server = make_server(MirrorRoot(hub_root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_mirror(MirrorRoot(hub_root)) as endpoint:
+        yield endpoint
 
 
 def write_spec(directory: Path, changes: dict | None = None, drop: tuple[str, ...] = ()) -> Path:

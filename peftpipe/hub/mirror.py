@@ -5,7 +5,8 @@ Clusters without internet keep a mirror of the repositories they use; this serve
 with ``HF_ENDPOINT=http://host:port``. It answers the calls ``snapshot_download`` makes:
 repository info with the commit sha, the recursive file tree, and file ``resolve`` with
 the ``X-Repo-Commit`` and ``ETag`` headers, ``HEAD`` and byte ranges (so interrupted
-downloads resume).
+downloads resume). For tests, it can drop a connection in the middle of a file once, and it
+records the requests it served.
 
 Layout of ``root``: ``<root>/<owner>/<name>/<files...>``. The commit sha of a repository is
 derived from the paths and contents of its files, so it changes whenever a file does.
@@ -16,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +44,10 @@ class MirrorRoot:
 
     root: Path
     gated_tokens: dict[str, str] = field(default_factory=dict)
+    # "<repo_id>/<file>" -> byte offset: the next download of that file stops there, once.
+    interrupt_once: dict[str, int] = field(default_factory=dict)
+    # The latest requests served (method, path, Range), bounded for a long-running mirror.
+    requests: deque[tuple[str, str, str | None]] = field(default_factory=lambda: deque(maxlen=1000))
     _cache: dict[str, tuple[tuple, list[RepoFileEntry]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,6 +72,14 @@ class MirrorRoot:
         with self._lock:
             self._cache[repo_id] = (stamp, entries)
         return entries
+
+    def record(self, method: str, path: str, byte_range: str | None) -> None:
+        with self._lock:
+            self.requests.append((method, path, byte_range))
+
+    def take_interrupt(self, file_id: str) -> int | None:
+        with self._lock:
+            return self.interrupt_once.pop(file_id, None)
 
     def commit_sha(self, repo_id: str) -> str:
         digest = hashlib.sha1()
@@ -96,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, send_body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
+        self.mirror.record(self.command, path, self.headers.get("Range"))
         if match := _API.match(path):
             self._api(match["repo"], match["kind"], match["rev"] or "main", send_body)
         elif match := _RESOLVE.match(path):
@@ -167,8 +183,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return
+        stop_at = self.mirror.take_interrupt(f"{repo_id}/{file_path}")
         with (self.mirror.repo_dir(repo_id) / file_path).open("rb") as handle:  # type: ignore[operator]
             handle.seek(start)
+            if stop_at is not None:
+                self.wfile.write(handle.read(max(stop_at - start, 0)))
+                self.wfile.flush()
+                # The client sees a body shorter than Content-Length, as after a network failure.
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
             for chunk in iter(lambda: handle.read(_CHUNK), b""):
                 self.wfile.write(chunk)
 
@@ -189,9 +213,37 @@ def _range_start(header: str | None) -> int:
     return int(match[1]) if match else 0
 
 
-def make_server(mirror: MirrorRoot, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+class MirrorServer(ThreadingHTTPServer):
+    """Closing it also drops open keep-alive connections, as an outage would."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]):
+        super().__init__(address, handler)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:  # noqa: ANN001
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._connections_lock:
+            for connection in self._connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def make_server(mirror: MirrorRoot, host: str = "127.0.0.1", port: int = 0) -> MirrorServer:
     """A server for ``mirror``; port 0 picks a free port (read it from ``server.server_address``)."""
     handler = type("MirrorHandler", (_Handler,), {"mirror": mirror})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return MirrorServer((host, port), handler)
