@@ -25,6 +25,7 @@ from peftpipe.attempts import AttemptRecord, first_attempt, run_attempts  # noqa
 from peftpipe.backends import LocalBackend  # noqa: E402
 from peftpipe.failures import fatal_line  # noqa: E402
 from peftpipe.paths import RunPaths  # noqa: E402
+from peftpipe.preflight import choose_micro_batch, gpu_memory_gib, memory_estimator  # noqa: E402
 from peftpipe.stages import finetune_stage, prepare_stage  # noqa: E402
 from peftpipe.validation import load_spec  # noqa: E402
 
@@ -100,7 +101,9 @@ def main() -> None:
         "train": {"global_batch_size": args.global_batch, "micro_batch_size": args.start_mbs,
                   "max_steps": args.steps, "checkpoint_every": 2, "max_seq_length": 256 if args.cpu_smoke else 2048,
                   "precision": "fp32" if args.cpu_smoke else "bf16",
-                  "learning_rate": 1e-4, "max_attempts": 8},
+                  "learning_rate": 1e-4, "max_attempts": 8,
+                  # Start where the user said, to show a real OOM; the preflight's pick is reported.
+                  "preflight": False},
         "workdir": str(args.work / "runs"),
     }))
     loaded = load_spec(spec_file)
@@ -119,13 +122,19 @@ def main() -> None:
     def keep(records: list[AttemptRecord]) -> None:
         table[:] = records
 
-    result = run_attempts(loaded.spec, first_attempt(loaded.spec), run_one, on_records=keep)
+    config = json.loads((args.work / "model" / "config.json").read_text())
+    estimator = memory_estimator(loaded.spec, config)
+    gpu_gib = gpu_memory_gib(loaded.spec)
+    advice = choose_micro_batch(loaded.spec, config, gpu_gib).describe() if gpu_gib else "no GPU"
+    print(advice, flush=True)
+    result = run_attempts(loaded.spec, first_attempt(loaded.spec), run_one, on_records=keep, estimate_gib=estimator)
     metrics = [json.loads(line) for line in paths.train_metrics_file.read_text().splitlines()]
     summary = {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "parameters": parameters,
         "setup_s": round(setup_s, 1),
+        "preflight_would_choose": advice,
         "attempts": [record.as_row() for record in table],
         "final_step": result.final_step,
         "final_loss": result.final_loss,

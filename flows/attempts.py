@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from peftpipe.attempts import AttemptRecord, FinetuneGaveUp, first_attempt, run_attempts
 from peftpipe.paths import RunPaths
+from peftpipe.preflight import memory_estimator, model_config, preflight
 from peftpipe.retry import AttemptSettings
 from peftpipe.spec import LoadedSpec
 from peftpipe.stages import TrainResult
@@ -26,8 +27,16 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
         return finetune(loaded, paths, model_path, settings.micro_batch_size, settings.attempt,
                         settings.activation_checkpointing, mem=f"{settings.mem_gb}G" if settings.mem_gb else None)
 
-    return run_attempts(loaded.spec, first_attempt(loaded.spec, micro_batch_size), run_one,
-                        on_records=_publish_attempts, log=logger.warning)
+    spec = loaded.spec
+    config = model_config(spec, model_path)
+    estimator = memory_estimator(spec, config) if config else None
+    if micro_batch_size is None and spec.train.preflight:
+        checked = preflight(spec, model_path)
+        if checked is not None:
+            logger.info(checked.describe())
+            micro_batch_size = checked.micro_batch_size
+    return run_attempts(spec, first_attempt(spec, micro_batch_size), run_one,
+                        on_records=_publish_attempts, log=logger.warning, estimate_gib=estimator)
 
 
 def _publish_attempts(records: list[AttemptRecord]) -> None:

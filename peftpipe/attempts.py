@@ -35,6 +35,8 @@ class AttemptRecord:
     job_id: str | None
     duration_s: float
     resubmitted_after_s: float | None  # from the previous attempt's failure line to this start
+    estimated_gib: float | None = None  # the preflight estimate per GPU for these settings
+    measured_peak_gib: float | None = None  # what the training script measured (completed attempts)
 
     def as_row(self) -> dict[str, object]:
         return asdict(self)
@@ -57,7 +59,8 @@ def memory_limit_gb(spec: RunSpec) -> int | None:
 
 def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[AttemptSettings], TrainResult],
                  on_records: Callable[[list[AttemptRecord]], None] = lambda records: None,
-                 log: Callable[[str], None] = print) -> TrainResult:
+                 log: Callable[[str], None] = print,
+                 estimate_gib: Callable[[int, bool], float] | None = None) -> TrainResult:
     """Run attempts until one completes, each resuming from the run's latest checkpoint."""
     train = spec.train
     per_rank = train.global_batch_size // train.data_parallel_size
@@ -69,7 +72,9 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
         common = dict(attempt=settings.attempt, micro_batch_size=settings.micro_batch_size,
                       gradient_accumulation=per_rank // settings.micro_batch_size,
                       activation_checkpointing=settings.activation_checkpointing,
-                      mem=f"{settings.mem_gb}G" if settings.mem_gb else None)
+                      mem=f"{settings.mem_gb}G" if settings.mem_gb else None,
+                      estimated_gib=round(estimate_gib(settings.micro_batch_size, settings.activation_checkpointing), 2)
+                      if estimate_gib else None)
         try:
             result = run_one(settings)
         except StageFailed as failure:
@@ -94,7 +99,8 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             continue
         records.append(AttemptRecord(**common, outcome="completed", kind="none", evidence="", job_id=result.job_id,
                                      duration_s=round(time.monotonic() - started, 1),
-                                     resubmitted_after_s=_latency(failure_seen_at, result.started_at)))
+                                     resubmitted_after_s=_latency(failure_seen_at, result.started_at),
+                                     measured_peak_gib=round(result.peak_memory_gib, 2)))
         on_records(records)
         return result
 

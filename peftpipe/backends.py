@@ -19,7 +19,7 @@ from peftpipe.paths import RunPaths
 from peftpipe.slurm.client import JobStatus, SlurmClient
 from peftpipe.launch import distributed_program
 from peftpipe.slurm.jobs import SOURCE_ROOT, stage_job
-from peftpipe.slurm.render import render_batch_script
+from peftpipe.slurm.render import JobRequest, render_batch_script
 from peftpipe.slurm.watch import watch_job
 from peftpipe.spec import LoadedSpec
 
@@ -37,6 +37,10 @@ class StageCommand:
     nodes: int = 1
     mem: str | None = None
     model_path: Path | None = None
+    # A job rendered by the engine itself (the nemo engine's stages); script_args then unused.
+    job: JobRequest | None = None
+    # The program is one of peftpipe's own engine scripts: containers get its source on PYTHONPATH.
+    peftpipe_script: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,10 @@ class SlurmBackend:
         stage, attempt = command.stage, command.attempt
         job_id, reattached, started = self._existing_job(paths, stage, attempt, on_line)
         if job_id is None:
-            job = stage_job(loaded.spec, paths.root.name, paths, stage, attempt, command.script_args,
-                            host_python=sys.executable, gpus_per_node=command.gpus_per_node, nodes=command.nodes,
-                            mem=command.mem, model_path=command.model_path, code_root=SOURCE_ROOT)
+            job = command.job or stage_job(
+                loaded.spec, paths.root.name, paths, stage, attempt, command.script_args, host_python=sys.executable,
+                gpus_per_node=command.gpus_per_node, nodes=command.nodes, mem=command.mem,
+                model_path=command.model_path, code_root=SOURCE_ROOT if command.peftpipe_script else None)
             script = paths.job_script(stage, attempt)
             script.parent.mkdir(parents=True, exist_ok=True)
             script.write_text(render_batch_script(job))

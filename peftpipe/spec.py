@@ -275,6 +275,9 @@ class TrainSpec(StrictModel):
     devices: int = Field(1, gt=0, description="GPUs (or processes) per node; data-parallel ranks.")
     num_nodes: int = Field(1, gt=0)
     activation_checkpointing: bool = False
+    preflight: bool = Field(True, description="Before the first attempt, lower micro_batch_size to the largest"
+                                              " divisor predicted to fit in GPU memory (micro_batch_size is an"
+                                              " upper bound).")
     max_attempts: int = Field(4, gt=0, description="Attempts of the fine-tune stage, retries on failure included.")
 
     @property

@@ -1,0 +1,111 @@
+"""Before the first submission: the largest micro batch predicted to fit on the GPU.
+
+The user's ``micro_batch_size`` is an upper bound. Only divisors of the per-rank batch are
+candidates, so the global batch stays what the spec says; the estimate comes from the model's
+``config.json`` through :mod:`peftpipe.memory`, with a safety margin for the CUDA context, the
+allocator's cache and the estimate's own error.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from peftpipe.memory import GIB, ModelShape, estimate_memory
+from peftpipe.spec import RunSpec
+
+SAFETY_FRACTION = 0.85  # of the GPU's memory that the estimate may use
+CONTEXT_GIB = 0.75  # CUDA context and libraries, outside torch's allocator
+
+
+@dataclass(frozen=True)
+class PreflightResult:
+    requested_micro_batch_size: int
+    micro_batch_size: int
+    estimate_gib: float  # at the chosen micro batch
+    budget_gib: float
+    gpu_memory_gib: float
+    fits: bool
+
+    def describe(self) -> str:
+        change = (f"lowered from {self.requested_micro_batch_size} to {self.micro_batch_size}"
+                  if self.micro_batch_size < self.requested_micro_batch_size else "kept")
+        verdict = "fits" if self.fits else "does NOT fit even at 1"
+        return (f"preflight: micro batch {change}: estimated {self.estimate_gib:.1f} GiB per GPU "
+                f"({verdict} in {self.budget_gib:.1f} GiB of {self.gpu_memory_gib:.0f} GiB)")
+
+
+def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool], float]:
+    """GiB per GPU for (micro batch, activation checkpointing) of this spec's model and method."""
+    shape = ModelShape.from_hf_config(model_config)
+    precision = "bf16" if spec.train.precision == "auto" else spec.train.precision
+    options = _method_options(spec)
+
+    def estimate(micro_batch_size: int, activation_checkpointing: bool) -> float:
+        return estimate_memory(shape, spec.train.max_seq_length, micro_batch_size, precision=precision,
+                               activation_checkpointing=activation_checkpointing, **options).total / GIB
+
+    return estimate
+
+
+def choose_micro_batch(spec: RunSpec, model_config: dict, gpu_memory_gib: float) -> PreflightResult:
+    """The largest divisor of the per-rank batch, at most the spec's micro batch, predicted to fit."""
+    train = spec.train
+    per_rank = train.global_batch_size // train.data_parallel_size
+    budget = gpu_memory_gib * SAFETY_FRACTION - CONTEXT_GIB
+    estimator = memory_estimator(spec, model_config)
+
+    def estimate(micro_batch_size: int) -> float:
+        return estimator(micro_batch_size, train.activation_checkpointing)
+
+    candidates = [d for d in range(min(train.micro_batch_size, per_rank), 0, -1) if per_rank % d == 0]
+    for micro_batch_size in candidates:
+        if estimate(micro_batch_size) <= budget:
+            return PreflightResult(train.micro_batch_size, micro_batch_size, round(estimate(micro_batch_size), 2),
+                                   round(budget, 2), gpu_memory_gib, True)
+    return PreflightResult(train.micro_batch_size, 1, round(estimate(1), 2), round(budget, 2), gpu_memory_gib, False)
+
+
+def _method_options(spec: RunSpec) -> dict:
+    peft = spec.peft
+    if peft.method == "lora":
+        return {"method": "lora", "lora_rank": peft.lora.r, "target_modules": tuple(peft.lora.target_modules)}
+    if peft.method == "ia3":
+        return {"method": "ia3", "target_modules": tuple(peft.ia3.target_modules)}
+    return {"method": "ptuning", "num_virtual_tokens": peft.ptuning.num_virtual_tokens}
+
+
+def gpu_memory_gib(spec: RunSpec) -> float | None:
+    """The memory of one GPU the stage will get: the spec's GPU type on Slurm, nvidia-smi locally."""
+    if spec.execution.backend == "slurm":
+        return spec.execution.slurm.gpu_memory_gb * 10**9 / GIB
+    if shutil.which("nvidia-smi") is None:
+        return None  # CPU: nothing to protect
+    output = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                            capture_output=True, text=True).stdout.split()
+    return float(output[0]) / 1024 if output else None
+
+
+def model_config(spec: RunSpec, model_path: Path) -> dict | None:
+    """The model's config.json when the estimate can use it (a decoder and a method it models)."""
+    if spec.engine != "hf" or spec.peft.method not in ("lora", "ia3", "ptuning"):
+        return None
+    try:
+        config = json.loads((model_path / "config.json").read_text())
+        ModelShape.from_hf_config(config)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return config
+
+
+def preflight(spec: RunSpec, model_path: Path) -> PreflightResult | None:
+    """None when there is no GPU to size for or no config the estimate understands."""
+    memory = gpu_memory_gib(spec)
+    config = model_config(spec, model_path)
+    if memory is None or config is None:
+        return None
+    return choose_micro_batch(spec, config, memory)
