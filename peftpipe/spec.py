@@ -257,6 +257,10 @@ class TrainSpec(StrictModel):
     devices: int = Field(1, gt=0, description="GPUs (or processes) per node; data-parallel ranks.")
     num_nodes: int = Field(1, gt=0)
     activation_checkpointing: bool = False
+    packing: bool = Field(
+        True, description="Pack several records into each max_seq_length row (no attention across records) instead "
+        "of padding each micro batch to its longest record. Ignored for p-tuning, whose virtual tokens lead every row.",
+    )
     max_attempts: int = Field(4, gt=0, description="Attempts of the fine-tune stage, retries on failure included.")
 
     @property
