@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 ATTENTION = "peftpipe_varlen"
-# Logits of one chunk: chunk x vocabulary floats. 2**28 elements (1 GiB in fp32) keeps the
+# Logits of one chunk: chunk x vocabulary floats. 2**27 elements (0.5 GiB in fp32) keeps the
 # transient memory small next to the activations while the matrix products stay large.
-CHUNK_ELEMENTS = 2**28
+CHUNK_ELEMENTS = 2**27
 
 
 # --- attention ----------------------------------------------------------------------------------
