@@ -33,13 +33,14 @@ def varlen_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch
 
     ``key``/``value`` may have fewer heads than ``query`` (grouped-query attention).
     """
-    if query.is_cuda:
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
         # PyTorch's bundled FlashAttention-2, variable-length entry point; it has autograd and
-        # handles grouped-query attention natively.
+        # handles grouped-query attention natively (16-bit inputs only).
         output = torch.ops.aten._flash_attention_forward(
             query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, 0.0, True, False, scale=scale
         )[0]
         return output
+    # CPUs (and fp32 on GPUs): SDPA record by record, exact and slow.
     bounds = cu_seq_lens.tolist()
     pieces = []
     for start, end in zip(bounds, bounds[1:]):
