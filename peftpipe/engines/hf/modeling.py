@@ -111,7 +111,8 @@ def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activat
     if use_liger and apply_liger(base):
         features.append("liger rmsnorm/swiglu/rope")
     base.set_attn_implementation(register_attention())
-    features.append("flash attention (varlen for packed batches)")
+    features.append("flash attention, variable-length for packed rows" if device.type == "cuda"
+                    else "SDPA attention, record by record for packed rows")
     head_weight = detach_output_head(base, peft)
     if head_weight is not None:
         features.append("fused output projection + cross-entropy on label positions"
