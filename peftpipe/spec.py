@@ -278,6 +278,10 @@ class TrainSpec(StrictModel):
     preflight: bool = Field(True, description="Before the first attempt, lower micro_batch_size to the largest"
                                               " divisor predicted to fit in GPU memory (micro_batch_size is an"
                                               " upper bound).")
+    packing: bool = Field(
+        True, description="Pack several records into each max_seq_length row (no attention across records) instead "
+        "of padding each micro batch to its longest record. Ignored for p-tuning, whose virtual tokens lead every row.",
+    )
     max_attempts: int = Field(4, gt=0, description="Attempts of the fine-tune stage, retries on failure included.")
 
     @property

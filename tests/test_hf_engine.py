@@ -120,3 +120,23 @@ def test_sigterm_checkpoints_before_exiting(tmp_path: Path, hub_root: Path) -> N
     saved = sorted((paths.finetune_dir / "checkpoints").glob("step-*"))
     assert saved, output
     assert f"stopping at step {int(saved[-1].name[5:])} on signal {int(signal.SIGTERM)}" in output
+
+
+def test_two_data_parallel_ranks_follow_the_single_process_loss_curve(tmp_path: Path, hub_root: Path) -> None:
+    """torchrun with two CPU ranks (gloo): each takes half of every global batch, gradients are
+    averaged by DDP, and the loss curve matches one process on the same global batch."""
+    curves = {}
+    for ranks in (1, 2):
+        paths, config, _ = make_run(tmp_path / f"ranks{ranks}", hub_root)
+        config.update(max_steps=4, checkpoint_every=100, micro_batch_size=2)
+        config_file = paths.stage_config("finetune")
+        script_argv(command.TRAIN_MODULE, config, config_file)  # writes the config file
+        argv = command.training_argv(sys.executable, config_file, processes=ranks)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"x ranks {ranks};" in result.stdout
+        curves[ranks] = losses(paths)
+    assert len(curves[2]) == 4
+    assert curves[2] == pytest.approx(curves[1], rel=1e-4)
+    assert curves[2][-1] < curves[2][0]

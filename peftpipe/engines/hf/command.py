@@ -46,6 +46,7 @@ def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batc
         "checkpoint_every": train.checkpoint_every,
         "activation_checkpointing": train.activation_checkpointing if activation_checkpointing is None
         else activation_checkpointing,
+        "packing": train.packing and spec.peft.method != "ptuning",
     }
 
 

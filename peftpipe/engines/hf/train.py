@@ -12,7 +12,11 @@ Features:
   drawn from a seeded stream by global step, and the loss of every micro batch is divided by
   the label-token count of the whole global batch, so the optimisation is the same whatever
   the micro batch size or the number of ranks.
-- Batches padded to their longest sample; SDPA attention; bf16 autocast on GPUs that support it.
+- Packing (``packing``): the records of a global batch share rows of ``max_seq_length`` tokens
+  without attending across records (``packing.py``); otherwise batches are padded to their
+  longest record. bf16 on GPUs that support it, with the fast paths of ``modeling.py`` (flash
+  attention, the output projection fused with the loss at label positions only, Liger's
+  kernels when installed).
 - Checkpoints (adapter, optimizer, scheduler, RNG) every ``checkpoint_every`` steps, written
   atomically; a restart in the same output directory resumes from the latest one. SIGTERM /
   SIGUSR1 (Slurm's ``--signal``) save a checkpoint at the end of the current step and exit.
@@ -36,9 +40,18 @@ from typing import Any
 
 import torch
 
+from peftpipe.engines.hf.modeling import (
+    Prepared,
+    autocast,
+    load_base_model,
+    loss_sum,
+    mean_loss,
+    prepare_model,
+    resolve_precision,
+)
+from peftpipe.engines.hf.packing import IGNORE_INDEX, collate, label_tokens, plan_micro_batches
 CHECKPOINT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
-IGNORE_INDEX = -100
 
 
 # --- records into token ids ---------------------------------------------------------------------
@@ -71,25 +84,6 @@ def read_records(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def collate(examples: list[dict[str, list[int]]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example of the batch."""
-    longest = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), longest), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example["input_ids"])
-        ids[row, :n] = torch.tensor(example["input_ids"])
-        labels[row, :n] = torch.tensor(example["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-
-
-def label_tokens(example: dict[str, list[int]]) -> int:
-    # Causal LMs predict token t+1 from t, so the first position's label is never scored.
-    return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
-
-
 def global_batch_indices(step: int, global_batch_size: int, n_samples: int, seed: int) -> list[int]:
     """Sample indices of optimizer step ``step`` (0-based) from a seeded, epoch-wise shuffled stream."""
     indices: list[int] = []
@@ -114,55 +108,7 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-# --- model ----------------------------------------------------------------------------------------
-
-
-def resolve_precision(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def load_base_model(model_path: str, precision: str, device: torch.device) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[precision], attn_implementation="sdpa")
-    return model.to(device)
-
-
-def peft_config(peft: dict[str, Any]) -> Any:
-    from peft import IA3Config, LoraConfig, PromptEncoderConfig, TaskType
-
-    method = peft["method"]
-    if method == "lora":
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=peft["r"],
-            lora_alpha=peft["alpha"],
-            lora_dropout=peft["dropout"],
-            target_modules=peft["target_modules"],
-        )
-    if method == "ia3":
-        return IA3Config(
-            task_type=TaskType.CAUSAL_LM,
-            target_modules=peft["target_modules"],
-            feedforward_modules=peft["feedforward_modules"],
-        )
-    if method == "ptuning":
-        return PromptEncoderConfig(
-            task_type=TaskType.CAUSAL_LM,
-            num_virtual_tokens=peft["num_virtual_tokens"],
-            encoder_hidden_size=peft["encoder_hidden_size"],
-        )
-    raise ValueError(f"peft method {method!r} is not supported by the hf engine")
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    enabled = precision in ("bf16", "fp16")
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision], enabled=enabled)
+# --- measurement ----------------------------------------------------------------------------------
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -198,10 +144,11 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def all_reduce_sum(value: float, world: int, device: torch.device) -> float:
+def all_reduce_sum(value: float | torch.Tensor, world: int, device: torch.device) -> float:
+    """The sum over ranks, read back to the host: the one device sync of a training step."""
     if world == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return float(value)
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=device).reshape(1).clone()
     torch.distributed.all_reduce(tensor)
     return float(tensor.item())
 
@@ -260,41 +207,6 @@ def truncate_metrics(metrics_path: Path, last_step: int) -> None:
 # --- training -------------------------------------------------------------------------------------------
 
 
-def masked_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum (not mean) of token losses, so batches of any split add up to the same total."""
-    labels = batch["labels"]
-    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = outputs.logits
-    # p-tuning prepends virtual tokens to the logits; the labels align with the last positions.
-    logits = logits[:, -labels.shape[1] :, :]
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-
-
-@torch.no_grad()
-def mean_loss(model: Any, examples: list[dict[str, list[int]]], batch_size: int, pad_id: int, device: torch.device,
-              precision: str) -> float | None:
-    """Answer-token mean loss over ``examples``."""
-    if not examples:
-        return None
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        with autocast(device, precision):
-            total += float(masked_loss_sum(model, collate(chunk, pad_id, device)))
-        tokens += sum(label_tokens(e) for e in chunk)
-    model.train(was_training)
-    return total / max(tokens, 1)
-
-
 def injected_oom(micro_batch_size: int, step: int) -> None:
     """Test-only fault injection, off unless PEFTPIPE_FAULT_OOM_ABOVE_MBS is set: a CUDA-style
     OOM when the micro batch exceeds that size (from step PEFTPIPE_FAULT_OOM_FROM_STEP on), so
@@ -318,8 +230,53 @@ class StopRequested:
         self.signal = signum
 
 
+def make_optimizer(trainable: list[torch.nn.Parameter], config: dict[str, Any], device: torch.device) -> Any:
+    # The fused (single-kernel) AdamW on GPUs: one launch for all adapter tensors instead of several each.
+    return torch.optim.AdamW(trainable, lr=config["learning_rate"], weight_decay=config["weight_decay"],
+                             fused=device.type == "cuda")
+
+
+def accumulate_gradients(wrapped: Any, prepared: Prepared, examples: list[dict[str, list[int]]],
+                         batch_label_tokens: int, settings: dict[str, Any], world: int, scaler: Any,
+                         device: torch.device, step: int = 0) -> tuple[torch.Tensor, int, int]:
+    """Forward and backward over this rank's share of one global batch, micro batch by micro batch.
+
+    ``settings``: micro_batch_size, max_seq_length, packing, pad_id, precision. Returns the loss
+    sum (on the device: reading it would stall the GPU queue), the real tokens and the number of
+    micro batches. With packing, ranks may run different numbers of micro batches: gradients
+    synchronise only in each rank's last backward, so the counts need not match.
+    """
+    packing = settings["packing"]
+    plan = plan_micro_batches(examples, settings["micro_batch_size"], settings["max_seq_length"], packing)
+    loss_total = torch.zeros((), dtype=torch.float32, device=device)
+    tokens = 0
+    for micro, rows in enumerate(plan):
+        injected_oom(settings["micro_batch_size"], step)
+        batch = collate(examples, rows, settings["pad_id"], device, packed=packing)
+        tokens += batch["tokens"]
+        last = micro == len(plan) - 1
+        context = wrapped.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
+        with context:
+            with autocast(device, settings["precision"]):
+                micro_loss = loss_sum(wrapped, batch, prepared.head_weight, prepared.use_liger)
+            # DDP averages gradients over ranks, hence x world: the result is sum / batch_label_tokens.
+            scaler.scale(micro_loss * world / batch_label_tokens).backward()
+        loss_total += micro_loss.detach()
+    return loss_total, tokens, len(plan)
+
+
+def optimizer_step(optimizer: Any, scheduler: Any, scaler: Any, trainable: list[torch.nn.Parameter]) -> float:
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
 def train(config: dict[str, Any]) -> dict[str, Any]:
-    from peft import get_peft_model
     from transformers import AutoTokenizer, get_scheduler
 
     rank, world, device = init_distributed()
@@ -343,15 +300,11 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     )
 
     base = load_base_model(config["model_path"], precision, device)
-    if config["activation_checkpointing"]:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    model = get_peft_model(base, peft_config(config["peft"]))
+    prepared = prepare_model(base, config["peft"], device, config["activation_checkpointing"])
+    model = prepared.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
-    optimizer = torch.optim.AdamW(
-        trainable, lr=config["learning_rate"], weight_decay=config["weight_decay"], fused=device.type == "cuda"
-    )
+    optimizer = make_optimizer(trainable, config, device)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[config["lr_schedule"]]
     scheduler = get_scheduler(
         schedule, optimizer, num_warmup_steps=config["warmup_steps"], num_training_steps=config["max_steps"]
@@ -371,15 +324,21 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     gbs, mbs = config["global_batch_size"], config["micro_batch_size"]
     per_rank = gbs // world
-    accumulation = per_rank // mbs
+    # p-tuning prepends its virtual tokens to every row, so records cannot share one.
+    packing = bool(config.get("packing")) and config["peft"]["method"] != "ptuning"
+    settings = {"micro_batch_size": mbs, "max_seq_length": max_len, "packing": packing, "pad_id": pad_id,
+                "precision": precision}
     max_steps = config["max_steps"]
     scaler = torch.amp.GradScaler(enabled=precision == "fp16")
     stop = StopRequested()
     if rank == 0:
+        layout = (f"packed: up to {mbs} rows of {max_len} tokens a micro batch" if packing
+                  else "padded to the longest record of each micro batch")
         print(
             f"training {config['peft']['method']} ({n_trainable:,} trainable parameters) on {len(train_examples)} records:"
-            f" global batch {gbs} = micro batch {mbs} x accumulation {accumulation} x ranks {world};"
-            f" precision {precision}; device {device.type}",
+            f" global batch {gbs} = micro batch {mbs} x accumulation {per_rank // mbs} x ranks {world};"
+            f" {layout}; precision {precision}; device {device.type}\n"
+            f"fast paths: {'; '.join(prepared.features)}",
             flush=True,
         )
 
@@ -392,29 +351,11 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         batch_examples = [train_examples[i] for i in global_batch_indices(step, gbs, len(train_examples), config["seed"])]
         batch_label_tokens = sum(label_tokens(e) for e in batch_examples)
         mine = batch_examples[rank * per_rank : (rank + 1) * per_rank]
-        loss_sum, tokens_seen = 0.0, 0
-        for micro in range(accumulation):
-            chunk = mine[micro * mbs : (micro + 1) * mbs]
-            injected_oom(mbs, step)
-            batch = collate(chunk, pad_id, device)
-            tokens_seen += int(batch["attention_mask"].sum())
-            sync = micro == accumulation - 1 or world == 1
-            context = wrapped.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-            with context:
-                with autocast(device, precision):
-                    micro_loss = masked_loss_sum(wrapped, batch)
-                # DDP averages gradients over ranks, hence x world: the result is sum / batch_label_tokens.
-                scaler.scale(micro_loss * world / batch_label_tokens).backward()
-            loss_sum += float(micro_loss.detach())
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss_total, tokens_seen, n_micro = accumulate_gradients(
+            wrapped, prepared, mine, batch_label_tokens, settings, world, scaler, device, step)
+        lr = optimizer_step(optimizer, scheduler, scaler, trainable)
         step += 1
-        loss_value = all_reduce_sum(loss_sum, world, device) / batch_label_tokens
+        loss_value = all_reduce_sum(loss_total, world, device) / batch_label_tokens
         tokens_total = all_reduce_sum(tokens_seen, world, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -427,11 +368,12 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
             "step_time_s": round(elapsed, 4),
             "peak_memory_gib": round(peak_memory_gib(device), 4),
             "micro_batch_size": mbs,
-            "gradient_accumulation": accumulation,
+            "gradient_accumulation": n_micro,
         }
         checkpoint_now = step % config["checkpoint_every"] == 0 or step == max_steps or stop.signal is not None
         if checkpoint_now and val_examples:
-            record["val_loss"] = round(mean_loss(model, val_examples, mbs, pad_id, device, precision), 6)
+            record["val_loss"] = round(mean_loss(model, val_examples, mbs, pad_id, device, precision,
+                                                 prepared.head_weight, prepared.use_liger), 6)
         if rank == 0:
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")

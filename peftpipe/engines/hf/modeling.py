@@ -1,0 +1,156 @@
+"""The model the hf engine trains, and its loss: shared by the training script and bench/.
+
+``prepare_model`` turns a loaded base model into the PEFT model with the engine's fast paths:
+- the output projection is taken out of the forward pass (the model returns hidden states) and
+  applied only at label positions, fused with the cross-entropy (``fast_kernels``); answer-only
+  training then never computes logits for prompt tokens;
+- attention through ``fast_kernels.attention_forward`` (flash, variable-length for packed batches);
+- Liger's fused RMSNorm / SwiGLU / RoPE on CUDA when installed;
+- adapters keep fp32 master weights but compute in the autocast precision: peft's default casts
+  every adapter input to fp32, which costs several full-size copies and fp32 matrix products per
+  adapted layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from peftpipe.engines.hf.fast_kernels import (
+    apply_liger,
+    linear_cross_entropy_sum,
+    liger_usable,
+    packed_kwargs,
+    register_attention,
+)
+from peftpipe.engines.hf.packing import Example, collate, label_tokens, plan_padded
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def load_base_model(model_path: str, precision: str, device: torch.device) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[precision], attn_implementation="sdpa")
+    return model.to(device)
+
+
+def peft_config(peft: dict[str, Any]) -> Any:
+    from peft import IA3Config, LoraConfig, PromptEncoderConfig, TaskType
+
+    method = peft["method"]
+    if method == "lora":
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=peft["r"],
+            lora_alpha=peft["alpha"],
+            lora_dropout=peft["dropout"],
+            target_modules=peft["target_modules"],
+        )
+    if method == "ia3":
+        return IA3Config(
+            task_type=TaskType.CAUSAL_LM,
+            target_modules=peft["target_modules"],
+            feedforward_modules=peft["feedforward_modules"],
+        )
+    if method == "ptuning":
+        return PromptEncoderConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=peft["num_virtual_tokens"],
+            encoder_hidden_size=peft["encoder_hidden_size"],
+        )
+    raise ValueError(f"peft method {method!r} is not supported by the hf engine")
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    enabled = precision in ("bf16", "fp16")
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision], enabled=enabled)
+
+
+@dataclass
+class Prepared:
+    """The PEFT model and what its loss needs: the detached output projection (None when the
+    model still returns logits) and whether Liger's loss kernel is used."""
+
+    model: Any
+    head_weight: torch.Tensor | None
+    use_liger: bool
+    features: list[str] = field(default_factory=list)
+
+
+def detach_output_head(base: Any, peft: dict[str, Any]) -> torch.Tensor | None:
+    """Replace the output projection by the identity and return its weight, or None if it must stay."""
+    head = base.get_output_embeddings()
+    adapted = "lm_head" in (peft.get("target_modules") or [])
+    if adapted or not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    for name, child in base.named_children():
+        if child is head:
+            setattr(base, name, torch.nn.Identity())
+            head.weight.requires_grad_(False)
+            return head.weight
+    return None
+
+
+def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activation_checkpointing: bool,
+                  use_liger: bool | None = None) -> Prepared:
+    """The trainable PEFT model around ``base`` (already on ``device``, in its precision)."""
+    from peft import get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    features = []
+    use_liger = liger_usable(device) if use_liger is None else use_liger
+    if use_liger and apply_liger(base):
+        features.append("liger rmsnorm/swiglu/rope")
+    base.set_attn_implementation(register_attention())
+    features.append("flash attention, variable-length for packed rows" if device.type == "cuda"
+                    else "SDPA attention, record by record for packed rows")
+    head_weight = detach_output_head(base, peft)
+    if head_weight is not None:
+        features.append("fused output projection + cross-entropy on label positions"
+                        + (" (liger)" if use_liger else " (chunked)"))
+    if activation_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    model = get_peft_model(base, peft_config(peft))
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+    return Prepared(model, head_weight, use_liger, features)
+
+
+def loss_sum(model: Any, batch: dict[str, Any], head_weight: torch.Tensor | None, use_liger: bool) -> torch.Tensor:
+    """Sum (not mean) of the label tokens' losses, so batches of any split add up to the same total."""
+    outputs = model(input_ids=batch["input_ids"], **packed_kwargs(batch))
+    states = outputs.logits  # hidden states when the output projection was detached
+    # p-tuning prepends virtual tokens; the label positions index the last input_ids-width positions.
+    states = states[:, -batch["input_ids"].shape[1] :, :]
+    picked = states.reshape(-1, states.shape[-1]).index_select(0, batch["label_positions"])
+    if head_weight is None:
+        return torch.nn.functional.cross_entropy(picked.float(), batch["label_targets"], reduction="sum")
+    return linear_cross_entropy_sum(picked, head_weight, batch["label_targets"], use_liger)
+
+
+@torch.no_grad()
+def mean_loss(model: Any, examples: list[Example], batch_size: int, pad_id: int, device: torch.device,
+              precision: str, head_weight: torch.Tensor | None = None, use_liger: bool = False) -> float | None:
+    """Answer-token mean loss over ``examples`` (padded batches)."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    total, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
+    for rows in plan_padded(len(examples), batch_size):
+        with autocast(device, precision):
+            total += loss_sum(model, collate(examples, rows, pad_id, device, packed=False), head_weight, use_liger)
+        tokens += sum(label_tokens(examples[i]) for row in rows for i in row)
+    model.train(was_training)
+    return float(total) / max(tokens, 1)
