@@ -29,11 +29,15 @@ from typing import Any, Literal
 GIB = 2**30
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 Method = Literal["lora", "ia3", "ptuning"]
-Kernels = Literal["fused", "plain"]
+Kernels = Literal["liger", "fused", "plain"]
 # (c_h, c_i, logit bytes per token and vocabulary entry); fitted, see the module docstring.
 ACTIVATION_COEFFICIENTS: dict[str, tuple[float, float, float]] = {
     "plain": (21.0, 10.0, 12.0),
     "fused": (17.8, 6.0, 0.0),
+    # The hf engine with Liger installed: its SwiGLU recomputes the (tokens x intermediate)
+    # products in backward instead of keeping them; fitted to the engine's own H100 peaks
+    # (bench/RESULTS-perf.md: LoRA q/k/v/o at micro batch 8, 16, 32: 16.4, 30.3, 58.2 GiB).
+    "liger": (17.8, 2.5, 0.0),
 }
 # The fused loss's transient: one chunk of 2**27 logits as bf16 product, fp32 probabilities and
 # their bf16 copy (fast_kernels.CHUNK_ELEMENTS); Liger's chunks are smaller, so this errs high.
@@ -140,6 +144,9 @@ def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *
     if method == "ia3":
         # peft's IA3 scales in fp32: fp32 copies of the scaled k/v outputs and of down_proj's input.
         per_layer += 4 * (2 * model.kv_size + i)
+    if kernels == "liger" and method == "lora" and "down_proj" in target_modules:
+        # A LoRA on down_proj keeps its (tokens x intermediate) input, which Liger would recompute.
+        per_layer += 2 * i * scale
     if activation_checkpointing:
         activations = tokens * (model.num_layers * 2 * h * scale + per_layer)
     else:

@@ -8,6 +8,7 @@ allocator's cache and the estimate's own error.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -44,10 +45,14 @@ def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool],
     shape = ModelShape.from_hf_config(model_config)
     precision = "bf16" if spec.train.precision == "auto" else spec.train.precision
     options = _method_options(spec)
+    # The engine uses Liger's kernels when they are importable where it runs; for a job on the
+    # same Python as the flow that is this interpreter. Without them the estimate is higher.
+    kernels = "liger" if importlib.util.find_spec("liger_kernel") else "fused"
 
     def estimate(micro_batch_size: int, activation_checkpointing: bool) -> float:
         return estimate_memory(shape, spec.train.max_seq_length, micro_batch_size, precision=precision,
-                               activation_checkpointing=activation_checkpointing, **options).total / GIB
+                               activation_checkpointing=activation_checkpointing, kernels=kernels,
+                               **options).total / GIB
 
     return estimate
 

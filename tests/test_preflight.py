@@ -60,3 +60,21 @@ def test_no_gpu_no_preflight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     model.mkdir()
     (model / "config.json").write_text('{"hidden_size": 64}')
     assert preflight(spec, model) is None
+
+
+# Peak memory of the hf engine (Liger installed) measured on one H100: Llama-3.2-1B shape, seq 2048
+# (bench/results/train_throughput_h100.json).
+H100_ENGINE_PEAKS = [
+    ("lora", ("q_proj", "k_proj", "v_proj", "o_proj"), 8, 16.4), ("lora", ("q_proj", "k_proj", "v_proj", "o_proj"), 32, 58.2),
+    ("lora", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 16, 40.7),
+    ("ia3", ("k_proj", "v_proj", "down_proj"), 16, 47.6), ("ptuning", ("q_proj",), 32, 54.3),
+]
+
+
+@pytest.mark.parametrize(("method", "targets", "micro_batch_size", "measured_gib"), H100_ENGINE_PEAKS)
+def test_estimate_within_15_percent_of_the_measured_engine(method, targets, micro_batch_size, measured_gib) -> None:
+    from peftpipe.memory import ModelShape, estimate_memory
+
+    estimate = estimate_memory(ModelShape.from_hf_config(LLAMA_1B), 2048, micro_batch_size, method=method,
+                               kernels="liger", target_modules=targets).total_gib
+    assert abs(estimate / measured_gib - 1) <= 0.15
