@@ -79,7 +79,10 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             result = run_one(settings)
         except StageFailed as failure:
             outcome = failure.outcome
-            diagnosis = diagnose(outcome.state, outcome.exit_code, outcome.log_tail)
+            # The line that stopped the job early is the root cause even when the teardown that
+            # followed (torchrun's SIGTERM traceback, other ranks' errors) pushed it out of the tail.
+            evidence = f"{outcome.log_tail}\n{outcome.stopped_early}" if outcome.stopped_early else outcome.log_tail
+            diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
             decision = next_attempt(diagnosis, settings, train.global_batch_size, train.data_parallel_size,
                                     train.max_attempts, memory_limit_gb(spec))
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,

@@ -65,6 +65,8 @@ FATAL_AT_ONCE = (FailureKind.GPU_OOM, FailureKind.HOST_OOM)
 def fatal_line(line: str) -> str | None:
     """The line itself if it shows a failure no rank recovers from (a stop rule for watchers)."""
     clean = _RANK_PREFIX.sub("", line).strip()
+    if clean.startswith("raise "):
+        return None  # a traceback's source line; the message itself follows it
     for kind, pattern in LOG_SIGNATURES:
         if kind in FATAL_AT_ONCE and pattern.search(clean):
             return clean

@@ -102,3 +102,13 @@ def test_config_errors_and_the_attempt_limit_stop() -> None:
     oom = diagnose("FAILED", 1, (LOGS / "gpu_oom_cublas.log").read_text())
     stopped = next_attempt(oom, AttemptSettings(3, 4), 64, 1, max_attempts=3)
     assert not stopped.retry and "attempt limit 3" in stopped.reason
+
+
+def test_stop_rule_fires_on_the_message_not_the_traceback_source_line() -> None:
+    from peftpipe.failures import fatal_line
+
+    assert fatal_line("    raise torch.OutOfMemoryError(") is None
+    assert fatal_line("[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB") == (
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert fatal_line("slurmstepd: error: Exceeded job memory limit") is not None
+    assert fatal_line("step 3/8 loss 1.2") is None

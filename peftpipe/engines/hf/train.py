@@ -210,8 +210,12 @@ def truncate_metrics(metrics_path: Path, last_step: int) -> None:
 def injected_oom(micro_batch_size: int, step: int) -> None:
     """Test-only fault injection, off unless PEFTPIPE_FAULT_OOM_ABOVE_MBS is set: a CUDA-style
     OOM when the micro batch exceeds that size (from step PEFTPIPE_FAULT_OOM_FROM_STEP on), so
-    the retry path can be exercised on machines without a GPU."""
+    the retry path can be exercised on machines without a GPU. PEFTPIPE_FAULT_OOM_RANK limits it
+    to one rank, as when one GPU of several runs out first."""
     limit = os.environ.get("PEFTPIPE_FAULT_OOM_ABOVE_MBS")
+    only_rank = os.environ.get("PEFTPIPE_FAULT_OOM_RANK")
+    if only_rank is not None and os.environ.get("RANK", "0") != only_rank:
+        return
     if limit and micro_batch_size > int(limit) and step >= int(os.environ.get("PEFTPIPE_FAULT_OOM_FROM_STEP", "0")):
         raise torch.OutOfMemoryError(
             f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: micro batch {micro_batch_size} > {limit})"
