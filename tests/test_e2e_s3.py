@@ -22,8 +22,22 @@ def _everything_prefect_kept(flow_run_id) -> str:  # noqa: ANN001 - a UUID
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
     from prefect.client.schemas.filters import FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
+    import time
+
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        deadline = time.monotonic() + 30
+        while True:
+            logs, page = [], 200
+            while True:  # the API answers a page at a time; a fine-tune logs hundreds of lines
+                batch = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                         limit=page, offset=len(logs))
+                logs += batch
+                if len(batch) < page:
+                    break
+            # Logs reach the API in batches, a moment after the flow returns.
+            if any("published" in log.message for log in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         flow_run = client.read_flow_run(flow_run_id)
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         artifacts = client.read_artifacts(

@@ -14,6 +14,7 @@ import pytest
 
 from peftpipe.data.prepare import prepare_dataset
 from peftpipe.engines.hf import command
+from peftpipe.launch import distributed_program
 from peftpipe.engines.hf.train import global_batch_indices
 from peftpipe.paths import RunPaths
 from peftpipe.validation import load_spec
@@ -131,7 +132,9 @@ def test_two_data_parallel_ranks_follow_the_single_process_loss_curve(tmp_path: 
         config.update(max_steps=4, checkpoint_every=100, micro_batch_size=2)
         config_file = paths.stage_config("finetune")
         script_argv(command.TRAIN_MODULE, config, config_file)  # writes the config file
-        argv = command.training_argv(sys.executable, config_file, processes=ranks)
+        program, _, _ = distributed_program(sys.executable, command.training_script_args(config_file), 1, ranks,
+                                            "torchrun")
+        argv = [str(word) for word in program]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
