@@ -101,7 +101,8 @@ def test_nemo_flow_with_oom_retry_then_reuses_the_converted_base(tmp_path: Path,
 
     # A second run of the same model: the store's .nemo is restored, verified, and no job converts it.
     again = finetune(spec_path=str(spec), run_id="nemo-reuse",
-                     overrides={"execution.slurm.env": {"NEMO_STANDIN_PROFILE": "24.03"}, "train.max_steps": 3, "train.warmup_steps": 1})
+                     overrides={"execution.slurm.env": {"NEMO_STANDIN_PROFILE": "24.03"}, "train.max_steps": 3,
+                                "train.warmup_steps": 1})
     reused = json.loads((Path(again["run_dir"]) / "base_nemo.json").read_text())
     assert reused["source"] == "store" and reused["sha256"] == base["sha256"]
     assert not (Path(again["run_dir"]) / "convert" / "attempt-1").exists()
