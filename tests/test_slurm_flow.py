@@ -28,9 +28,9 @@ def slurm_spec(tmp_path: Path, hub_endpoint: str, **changes: object) -> Path:
                                  "train.max_steps": 20, "train.checkpoint_every": 5, **changes})
 
 
-def sacct_rows(run_id: str) -> list[dict[str, str]]:
+def sacct_rows(run_id: str, since: str = "now-1hour") -> list[dict[str, str]]:
     fields = "JobID,JobName,State,ExitCode,Elapsed,AllocTRES"
-    output = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1hour", "-o", fields], capture_output=True,
+    output = subprocess.run(["sacct", "-X", "-n", "-P", "-S", since, "-o", fields], capture_output=True,
                             text=True, check=True).stdout
     rows = [dict(zip(fields.split(","), line.split("|"))) for line in output.splitlines()]
     return [row for row in rows if row["JobName"].startswith(f"peftpipe-{run_id}-")]
@@ -112,6 +112,8 @@ def test_ctrl_c_on_peftpipe_run_cancels_its_job(tmp_path: Path, hub_endpoint: st
 def test_rerun_reattaches_to_the_running_job(tmp_path: Path, hub_endpoint: str, slurm_cluster: str,
                                              prefect_api) -> None:
     argv, env = cli(slurm_spec(tmp_path, hub_endpoint, **{"train.max_steps": 150}), "slurm-reattach", hub_endpoint)
+    # Only this test's jobs: the cluster keeps earlier runs of the same run id (other checkouts' suites).
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
     first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     job = wait_for_running_job("slurm-reattach", first)
@@ -122,7 +124,8 @@ def test_rerun_reattaches_to_the_running_job(tmp_path: Path, hub_endpoint: str, 
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"re-attaching to Slurm job {job}" in second.stdout + second.stderr
-    finetune_jobs = [row["JobID"] for row in sacct_rows("slurm-reattach") if row["JobName"].endswith("-finetune")]
+    finetune_jobs = [row["JobID"] for row in sacct_rows("slurm-reattach", since)
+                     if row["JobName"].endswith("-finetune")]
     assert finetune_jobs == [job], "the rerun must watch the same job, not submit a second one"
 
 
