@@ -12,6 +12,7 @@ from peftpipe.slurm.client import SlurmClient
 from peftpipe.slurm.jobs import job_name_prefix
 from peftpipe.validation import load_spec
 from flows.attempts import finetune_with_retries
+from flows.nemo import nemo_stages
 from tasks.evaluate import evaluate
 from tasks.fetch_model import fetch_model
 from tasks.prepare_data import prepare_data
@@ -45,8 +46,11 @@ def finetune(spec_path: str, run_id: str, overrides: dict[str, Any] | None = Non
     get_run_logger().info("run %s in %s", run_id, paths.root)
     model = fetch_model(loaded, paths)
     data = prepare_data(loaded, paths)
-    trained = finetune_with_retries(loaded, paths, model.path)
-    metrics = evaluate(loaded, paths, model.path)
+    if loaded.spec.engine == "nemo":
+        trained, metrics = nemo_stages(loaded, paths, model)
+    else:
+        trained = finetune_with_retries(loaded, paths, model.path)
+        metrics = evaluate(loaded, paths, model.path)
     manifest = publish(loaded, paths, run_id, model, data, metrics)
     return {
         "run_id": run_id,

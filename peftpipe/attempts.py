@@ -6,6 +6,7 @@ machine without Prefect passes the stage function itself.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -60,10 +61,16 @@ def memory_limit_gb(spec: RunSpec) -> int | None:
 def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[AttemptSettings], TrainResult],
                  on_records: Callable[[list[AttemptRecord]], None] = lambda records: None,
                  log: Callable[[str], None] = print,
-                 estimate_gib: Callable[[int, bool], float] | None = None) -> TrainResult:
-    """Run attempts until one completes, each resuming from the run's latest checkpoint."""
+                 estimate_gib: Callable[[int, bool], float] | None = None,
+                 data_parallel: int | None = None) -> TrainResult:
+    """Run attempts until one completes, each resuming from the run's latest checkpoint.
+
+    ``data_parallel`` is the number of ranks the global batch is split over; default the hf
+    engine's (every GPU). The nemo engine passes GPUs / (TP x PP).
+    """
     train = spec.train
-    per_rank = train.global_batch_size // train.data_parallel_size
+    data_parallel = data_parallel or train.data_parallel_size
+    per_rank = train.global_batch_size // data_parallel
     records: list[AttemptRecord] = []
     settings = first
     failure_seen_at: float | None = None
@@ -83,7 +90,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             # followed (torchrun's SIGTERM traceback, other ranks' errors) pushed it out of the tail.
             evidence = f"{outcome.log_tail}\n{outcome.stopped_early}" if outcome.stopped_early else outcome.log_tail
             diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
-            decision = next_attempt(diagnosis, settings, train.global_batch_size, train.data_parallel_size,
+            decision = next_attempt(diagnosis, settings, train.global_batch_size, data_parallel,
                                     train.max_attempts, memory_limit_gb(spec))
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
                                          evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
@@ -103,7 +110,9 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
         records.append(AttemptRecord(**common, outcome="completed", kind="none", evidence="", job_id=result.job_id,
                                      duration_s=round(time.monotonic() - started, 1),
                                      resubmitted_after_s=_latency(failure_seen_at, result.started_at),
-                                     measured_peak_gib=round(result.peak_memory_gib, 2)))
+                                     # NaN: the engine does not report it (nemo); the table says unknown.
+                                     measured_peak_gib=round(result.peak_memory_gib, 2)
+                                     if math.isfinite(result.peak_memory_gib) else None))
         on_records(records)
         return result
 

@@ -1,7 +1,8 @@
 """Why did a job end? A pure diagnosis from the Slurm state, the exit code and the log tail.
 
 Signatures come from ../shared/reference/nemo.md section 5 (CUDA OOM formats of old and new
-torch, library allocation failures, NCCL watchdog, Slurm cgroup OOM) and perf_reliability.md.
+torch, library allocation failures, NCCL watchdog, Slurm cgroup OOM), perf_reliability.md and
+NeMo's own start-up errors (omegaconf, gpt_sft_dataset.py, exp_manager.py).
 When a log shows several failures, the root cause wins: an OOM on one rank beats the NCCL
 timeout or SIGTERM it caused on the others.
 """
@@ -46,7 +47,12 @@ LOG_SIGNATURES: tuple[tuple[FailureKind, re.Pattern[str]], ...] = tuple(
                                r"|DefaultCPUAllocator: can't allocate memory"),
         (FailureKind.CONFIG_ERROR, r"error: unrecognized arguments:|error: the following arguments are required:"
                                    r"|Could not override '|Key '[^']+' is not in struct|invalid run spec"
-                                   r"|SpecError: "),
+                                   r"|SpecError: "
+                                   # NeMo start-up errors no retry fixes: a required config key left
+                                   # ???, a template without the label at its end, and several
+                                   # finished -last checkpoints (exp_manager.check_resume).
+                                   r"|MissingMandatoryValue|must be at the end of prompt_template"
+                                   r"|Multiple checkpoints .* that matches \*last\.ckpt"),
         (FailureKind.NODE_FAIL, r"DUE TO NODE FAIL"),
         (FailureKind.PREEMPTED, r"DUE TO PREEMPTION"),
         (FailureKind.TIMEOUT, r"DUE TO TIME LIMIT"),

@@ -145,7 +145,14 @@ def run_files(paths: RunPaths) -> dict[str, Path]:
         "evaluate/metrics.json": paths.metrics_file,
         "evaluate/eval_summary.json": paths.eval_summary_file,
     })
-    for stage in ("finetune", "evaluate"):
+    files.update(attempt_files(paths, ("finetune", "evaluate")))
+    return files
+
+
+def attempt_files(paths: RunPaths, stage_names: tuple[str, ...]) -> dict[str, Path]:
+    """Each attempt's log and batch script, by key in the artifact store."""
+    files: dict[str, Path] = {}
+    for stage in stage_names:
         for attempt_dir in sorted((paths.root / stage).glob("attempt-*")):
             for log in sorted([*attempt_dir.glob("output.log"), *attempt_dir.glob("slurm-*.out")]):
                 name = attempt_dir.name if log.name == "output.log" else f"{attempt_dir.name}-{log.stem}"
@@ -175,7 +182,13 @@ def publish_stage(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: Fetch
         "metrics": metrics,
         "host": os.uname().nodename,
     }
-    published = publish_directory(store, run_id, run_files(paths), metadata)
+    if loaded.spec.engine == "nemo":
+        from peftpipe.stages_nemo import nemo_run_files  # imports this module: imported when used
+
+        files = nemo_run_files(loaded, paths)
+    else:
+        files = run_files(paths)
+    published = publish_directory(store, run_id, files, metadata)
     objects = len(published.manifest["objects"])
     on_line(f"{published.transferred} of {objects} objects sent, {objects - published.transferred} already stored")
     (paths.root / "manifest.json").write_text(json.dumps(published.manifest, indent=2) + "\n")

@@ -30,6 +30,11 @@ CASES = [
     ("config_required.log", "FAILED", 2, FailureKind.CONFIG_ERROR, "the following arguments are required: --config"),
     ("config_hydra.log", "FAILED", 1, FailureKind.CONFIG_ERROR, "Key 'target_module' is not in struct"),
     ("config_spec.log", "FAILED", 2, FailureKind.CONFIG_ERROR, "invalid run spec"),
+    ("nemo_missing_mandatory.log", "FAILED", 1, FailureKind.CONFIG_ERROR,
+     "MissingMandatoryValue: Missing mandatory value: model.data.train_ds.file_names"),
+    ("nemo_prompt_template.log", "FAILED", 1, FailureKind.CONFIG_ERROR,
+     "AssertionError: {output} must be at the end of prompt_template."),
+    ("nemo_multiple_last.log", "FAILED", 1, FailureKind.CONFIG_ERROR, "ValueError: Multiple checkpoints [PosixPath("),
     ("unknown.log", "FAILED", 139, FailureKind.UNKNOWN, "Segmentation fault (core dumped)"),
     ("completed.log", "COMPLETED", 0, FailureKind.NONE, ""),
 ]

@@ -41,9 +41,9 @@ SLURM_CANCEL = unique("slurm-cancel")
 SLURM_LIMITED = unique("slurm-limited")
 
 
-def sacct_rows(run_id: str) -> list[dict[str, str]]:
+def sacct_rows(run_id: str, since: str = "now-1hour") -> list[dict[str, str]]:
     fields = "JobID,JobName,State,ExitCode,Elapsed,AllocTRES"
-    output = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1hour", "-o", fields], capture_output=True,
+    output = subprocess.run(["sacct", "-X", "-n", "-P", "-S", since, "-o", fields], capture_output=True,
                             text=True, check=True).stdout
     rows = [dict(zip(fields.split(","), line.split("|"))) for line in output.splitlines()]
     return [row for row in rows if row["JobName"].startswith(f"peftpipe-{run_id}-")]

@@ -15,7 +15,8 @@ against these scripts instead of NeMo. What they do:
   ``<prefix>_test_<name>_inputs_preds_labels.jsonl``, index files where NeMo puts them, and
   NeMo-style log lines;
 - fail on demand: ``NEMO_STANDIN_OOM_ABOVE_MICRO=N`` raises a CUDA OOM when the micro batch
-  exceeds N; ``NEMO_STANDIN_KILL_AT_STEP=S`` dies (exit 137) while saving step S, leaving two
+  exceeds N, at start-up or, with ``NEMO_STANDIN_OOM_AT_STEP=S``, at step S (the first long
+  batch of a run without pad_to_max_length, after checkpoints were saved); ``NEMO_STANDIN_KILL_AT_STEP=S`` dies (exit 137) while saving step S, leaving two
   ``-last`` checkpoints as a killed job does; ``NEMO_STANDIN_GPU=8.0`` says a GPU of that compute
   capability is present (none otherwise).
 """
@@ -238,8 +239,12 @@ def read_records(files, data_cfg) -> list[dict[str, Any]]:
     return records
 
 
-def oom_if_asked(micro: int) -> None:
+def oom_if_asked(micro: int, step: int | None = None) -> None:
+    """A CUDA OOM above the micro batch limit: at start-up (``step`` None) or at NEMO_STANDIN_OOM_AT_STEP."""
     limit = os.environ.get("NEMO_STANDIN_OOM_ABOVE_MICRO")
+    at_step = os.environ.get("NEMO_STANDIN_OOM_AT_STEP")
+    if step != (int(at_step) if at_step else None):
+        return
     if limit is not None and micro > int(limit):
         print(f"[rank{rank()}]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a"
               " total capacity of 79.10 GiB of which 1.02 GiB is free. Including non-PyTorch memory, this process"

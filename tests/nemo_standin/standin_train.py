@@ -109,6 +109,7 @@ def finetune(profile: str, argv: list[str]) -> int:
     interval = int(cfg.trainer.val_check_interval)
     loss = 2.0
     for step in range(start + 1, max_steps + 1):
+        oom_if_asked(micro, step)
         loss = 2.0 * math.exp(-step / max(max_steps, 1))
         if step % int(cfg.trainer.log_every_n_steps) == 0 or step == max_steps:
             print(f"Epoch 0: : {step}/{max_steps} reduced_train_loss={loss:.3f}, global_step={step}.0,"
