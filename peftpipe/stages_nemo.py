@@ -201,8 +201,11 @@ class TrainLog:
 
 def read_train_log(text: str) -> TrainLog:
     losses = _LOSS.findall(text)
-    resumed = _RESUMED.findall(text)
-    # The first: every rank (or a late one) may log it, and resuming happens once, at start-up.
+    # Resuming happens once, at start-up, before the first training step is logged; a rank that
+    # starts late finds the checkpoint the others just wrote and logs it after training: ignore.
+    first_step = _LOSS.search(text)
+    before_training = text[:first_step.start()] if first_step else text
+    resumed = _RESUMED.findall(before_training)
     step = _STEP.search(resumed[0]) if resumed else None
     # NaN: this attempt logged no training step (it resumed at max_steps), so it saw no loss.
     return TrainLog(float(losses[-1]) if losses else math.nan, int(step.group(1)) if step else None)
@@ -217,8 +220,8 @@ def last_checkpoint_step(checkpoints_dir: Path) -> int | None:
 
 def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, micro_batch_size: int | None = None,
                         attempt: int = 1, on_line: LineSink = print, activation_checkpointing: bool | None = None,
-                        backend: Backend | None = None, stop_rule: StopRule | None = None, mem: str | None = None
-                        ) -> TrainResult:
+                        backend: Backend | None = None, stop_rule: StopRule | None = None, mem: str | None = None,
+                        access: S3Access | None = None) -> TrainResult:
     """One attempt of ``megatron_gpt_finetuning.py``; it resumes from the run's ``-last`` checkpoint.
 
     Stale ``-last`` checkpoints a killed job left are removed first: NeMo refuses to resume
@@ -241,6 +244,7 @@ def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, micro_batch_size: i
     if not adapter.is_file():
         raise RuntimeError(f"fine-tune job {outcome.job_id} completed without writing the adapter {adapter}"
                            f" (NeMo's save_nemo_on_train_end); see {outcome.log_file}")
+    store_adapter(loaded, paths, access, on_line)
     log = read_train_log(outcome.log_file.read_text(errors="replace"))
     final_step = last_checkpoint_step(nemo_paths.checkpoints_dir)
     return TrainResult(
@@ -259,9 +263,55 @@ def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, micro_batch_size: i
     )
 
 
+ADAPTER_STORE_SUFFIX = "-nemo-adapter"
+
+
+def adapter_store_run(paths: RunPaths) -> str:
+    """The store entry holding a run's adapter .nemo as soon as training wrote it."""
+    return f"{paths.root.name}{ADAPTER_STORE_SUFFIX}"
+
+
+def store_adapter(loaded: LoadedSpec, paths: RunPaths, access: S3Access | None = None,
+                  on_line: LineSink = print) -> dict[str, Any]:
+    """Put the trained adapter .nemo in the artifact store at once (its own entry, manifest last).
+
+    Evaluation restores it from there, so it can run on a node that never saw the training
+    job's file system; the run's own publish comes later, after evaluation.
+    """
+    artifacts = loaded.spec.artifacts
+    adapter = NemoPaths(paths).adapter_nemo(loaded.spec.peft.method)
+    store = open_store(artifacts.store, artifacts.s3, access)
+    metadata = {"kind": "nemo-adapter", "run_id": paths.root.name, "peftpipe_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    published = publish_directory(store, adapter_store_run(paths), {adapter.name: adapter}, metadata)
+    on_line(f"adapter .nemo stored at {store.url(adapter_store_run(paths), adapter.name)}")
+    return published.manifest
+
+
+def restore_generation_inputs(loaded: LoadedSpec, paths: RunPaths, access: S3Access | None = None,
+                              on_line: LineSink = print) -> None:
+    """The base and adapter .nemo that generation reads, from the artifact store, sha256-verified.
+
+    A local file that already matches the stored one is kept (no copy of a multi-GB file on the
+    node that trained); a missing or different one is downloaded. ``nemo.nemo_path`` is the
+    user's own file and is read where it is.
+    """
+    artifacts = loaded.spec.artifacts
+    store = open_store(artifacts.store, artifacts.s3, access)
+    nemo_paths = NemoPaths(paths)
+    reference = json.loads(base_reference_file(paths).read_text())
+    if reference.get("store_run"):
+        restore(store, reference["store_run"], BASE_NEMO_KEY, base_nemo(loaded, nemo_paths))
+        on_line(f"base .nemo restored from {reference['store_run']} (sha256 verified)")
+    adapter = nemo_paths.adapter_nemo(loaded.spec.peft.method)
+    restore(store, adapter_store_run(paths), adapter.name, adapter)
+    on_line(f"adapter .nemo restored from {adapter_store_run(paths)} (sha256 verified)")
+
+
 def nemo_evaluate_stage(loaded: LoadedSpec, paths: RunPaths, on_line: LineSink = print,
-                        backend: Backend | None = None) -> dict[str, Any]:
+                        backend: Backend | None = None, access: S3Access | None = None) -> dict[str, Any]:
     """``megatron_gpt_generate.py`` on the test split with the trained adapter, then the pipeline's own scores."""
+    restore_generation_inputs(loaded, paths, access, on_line)
     nemo_paths = NemoPaths(paths)
     command = jobs.generate_command(loaded, nemo_paths)
     _write_command(paths, command)

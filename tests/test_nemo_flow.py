@@ -108,3 +108,25 @@ def test_nemo_flow_with_oom_retry_then_reuses_the_converted_base(tmp_path: Path,
     assert not (Path(again["run_dir"]) / "convert" / "attempt-1").exists()
     assert job_names(Path(again["run_dir"]), started) == ["evaluate", "finetune"]
     assert again["train"]["final_step"] == 3 and again["train"]["resumed_from_step"] is None
+
+    # Evaluation on a node that never saw the training job's files: the base and adapter .nemo
+    # come back from the artifact store, verified against its manifests, and generation runs.
+    from peftpipe import stages_nemo
+    from peftpipe.artifacts import sha256_file
+    from peftpipe.paths import RunPaths
+    from peftpipe.validation import load_spec
+
+    run_paths = RunPaths(Path(again["run_dir"]))
+    loaded = load_spec(spec, {"execution.slurm.env": {"NEMO_STANDIN_PROFILE": "24.03"}, "train.max_steps": 3,
+                              "train.warmup_steps": 1})
+    adapter = run_paths.root / "finetune" / "nemo" / "checkpoints" / ADAPTER
+    base_file = run_paths.root / "convert" / "base.nemo"
+    adapter_sha = sha256_file(adapter)
+    adapter.unlink()
+    base_file.unlink()
+    run_paths.predictions_file.unlink()
+    lines: list[str] = []
+    metrics = stages_nemo.nemo_evaluate_stage(loaded, run_paths, on_line=lines.append)
+    assert sha256_file(adapter) == adapter_sha and sha256_file(base_file) == base["sha256"]
+    assert any("adapter .nemo restored from nemo-reuse-nemo-adapter" in line for line in lines)
+    assert metrics["records"] > 0 and run_paths.predictions_file.is_file()

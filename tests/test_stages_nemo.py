@@ -101,3 +101,14 @@ def test_a_damaged_stored_nemo_is_converted_again_not_used(tmp_path: Path) -> No
     assert _restore_base(store, "nemo-base-x", other, lines.append) is None
     assert not other.exists() and "damaged, converting again" in lines[-1]
     assert _restore_base(store, "nemo-base-never-stored", other, lines.append) is None
+
+
+def test_a_late_ranks_resume_line_after_training_is_not_a_resume() -> None:
+    from peftpipe.stages_nemo import read_train_log
+
+    log = ("Epoch 0: : 3/3 reduced_train_loss=0.736, global_step=3.0\n"
+           "[NeMo I exp_manager:658] Resuming training from checkpoint: /x/ckpt--step=3-consumed_samples=24.0-last.ckpt\n")
+    assert read_train_log(log).resumed_from_step is None
+    resumed = ("[NeMo I exp_manager:658] Resuming training from checkpoint: /x/ckpt--step=6-last.ckpt\n"
+               "Epoch 0: : 7/10 reduced_train_loss=0.5, global_step=7.0\n")
+    assert read_train_log(resumed).resumed_from_step == 6
