@@ -21,11 +21,17 @@ def hub_token(secret_name: str | None) -> tuple[str | None, str]:
 
     if secret_name is None:
         return None, DEFAULT_TOKEN_HINT
-    hint = f"the Prefect Secret block {secret_name!r} (or {DEFAULT_TOKEN_HINT})"
+    hint = f"the Prefect Secret (or Hugging Face Token) block {secret_name!r} (or {DEFAULT_TOKEN_HINT})"
     try:
         secret = Secret.load(secret_name, _sync=True)
-    except ValueError:  # no such block: fall back to the environment
-        return None, hint
+    except ValueError:  # no Secret of that name: a Hugging Face Token block, else the environment
+        from blocks.hf_token import HuggingFaceToken
+
+        try:
+            block = HuggingFaceToken.load(secret_name, _sync=True)
+        except ValueError:
+            return None, hint
+        return block.token.get_secret_value(), hint
     return str(secret.get()), hint
 
 
