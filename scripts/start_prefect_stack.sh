@@ -77,14 +77,17 @@ else
   fi
   api=http://127.0.0.1:$port/api
   # The connection URL (with its password) reaches the server through the environment only.
-  (if [ -n "$db_url" ]; then export PREFECT_API_DATABASE_CONNECTION_URL=$db_url; fi
+  # The UI asks the browser to call the API at PREFECT_UI_API_URL, which defaults to port 4200.
+  (export PREFECT_UI_API_URL=$api
+   if [ -n "$db_url" ]; then export PREFECT_API_DATABASE_CONNECTION_URL=$db_url; fi
    exec setsid "$bin/prefect" server start --host 127.0.0.1 --port "$port" </dev/null >>"$stack/server.log" 2>&1) &
   echo $! >"$stack/server.pid"
   echo "$api" >"$stack/api_url"
   echo "${db_url:+postgresql}${db_url:-sqlite}" >"$stack/database"
 fi
 export PREFECT_API_URL=$api
-printf 'PREFECT_API_URL=%s\nPREFECT_HOME=%s\n' "$api" "$PREFECT_HOME" >"$stack/env"
+export PREFECT_UI_URL=${api%/api}
+printf 'PREFECT_API_URL=%s\nPREFECT_UI_URL=%s\nPREFECT_HOME=%s\n' "$api" "$PREFECT_UI_URL" "$PREFECT_HOME" >"$stack/env"
 for _ in $(seq 1 240); do
   "$bin/python" -c "import urllib.request,sys; urllib.request.urlopen('$api/health', timeout=2)" 2>/dev/null && break
   running "$stack/server.pid" || { echo "the Prefect server exited; see $stack/server.log" >&2; tail -20 "$stack/server.log" >&2; exit 1; }
