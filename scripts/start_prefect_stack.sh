@@ -96,7 +96,18 @@ done
 echo "prefect server: $api ($(cat "$stack/database"), up after $(elapsed))"
 
 # --- pool, blocks, limit, deployments ------------------------------------------------------------
-"$bin/prefect" work-pool inspect "$pool" >/dev/null 2>&1 || "$bin/prefect" work-pool create "$pool" --type process >/dev/null
+# The pool's own default is stream_output false too, so a deployment made without prefect.yaml
+# (`prefect deploy flows/x.py:fn --pool ...`) also survives a worker restart.
+if ! "$bin/prefect" work-pool inspect "$pool" >/dev/null 2>&1; then
+  "$bin/prefect" work-pool get-default-base-job-template --type process --file "$stack/pool-template.json" >/dev/null
+  "$bin/python" - "$stack/pool-template.json" <<'PY'
+import json, sys
+template = json.load(open(sys.argv[1]))
+template["variables"]["properties"]["stream_output"]["default"] = False
+json.dump(template, open(sys.argv[1], "w"), indent=2)
+PY
+  "$bin/prefect" work-pool create "$pool" --type process --base-job-template "$stack/pool-template.json" >/dev/null
+fi
 "$bin/prefect" block register -m blocks >/dev/null
 "$bin/prefect" block register -m prefect_aws >/dev/null
 "$bin/prefect" gcl inspect peftpipe-gpu-jobs >/dev/null 2>&1 || "$bin/prefect" gcl create peftpipe-gpu-jobs --limit 4 >/dev/null

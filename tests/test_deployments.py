@@ -37,6 +37,8 @@ def test_deployment_run_with_watch_runs_every_stage_on_slurm(slurm_deployment_ru
     assert flow_run["name"] == run.run_id and flow_run["parameters"]["micro_batch_size"] == 4
     deployment = prefect_stack.api("GET", "/deployments/name/finetune/tiny")
     assert deployment["job_variables"]["stream_output"] is False  # a worker restart must not kill the run
+    pool = prefect_stack.api("GET", "/work_pools/peftpipe-process")
+    assert pool["base_job_template"]["variables"]["properties"]["stream_output"]["default"] is False
     artifacts = prefect_stack.artifacts(run.flow_run_id)
     assert UI_KEYS <= set(artifacts), sorted(artifacts)
     script = artifacts["finetune-job-script"]["data"]
