@@ -83,7 +83,8 @@ else
    exec setsid "$bin/prefect" server start --host 127.0.0.1 --port "$port" </dev/null >>"$stack/server.log" 2>&1) &
   echo $! >"$stack/server.pid"
   echo "$api" >"$stack/api_url"
-  echo "${db_url:+postgresql}${db_url:-sqlite}" >"$stack/database"
+  # The name of the database kind only: the URL carries the password.
+  if [ -n "$db_url" ]; then echo postgresql; else echo sqlite; fi >"$stack/database"
 fi
 export PREFECT_API_URL=$api
 export PREFECT_UI_URL=${api%/api}
