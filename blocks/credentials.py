@@ -21,7 +21,7 @@ def hub_token(secret_name: str | None) -> tuple[str | None, str]:
 
     if secret_name is None:
         return None, DEFAULT_TOKEN_HINT
-    hint = f"the Prefect Secret (or Hugging Face Token) block {secret_name!r} (or {DEFAULT_TOKEN_HINT})"
+    hint = f"the Prefect Secret block {secret_name!r} (or {DEFAULT_TOKEN_HINT})"
     try:
         secret = Secret.load(secret_name, _sync=True)
     except ValueError:  # no Secret of that name: a Hugging Face Token block, else the environment
@@ -31,7 +31,7 @@ def hub_token(secret_name: str | None) -> tuple[str | None, str]:
             block = HuggingFaceToken.load(secret_name, _sync=True)
         except ValueError:
             return None, hint
-        return block.token.get_secret_value(), hint
+        return block.token.get_secret_value(), f"the Hugging Face Token block {secret_name!r}"
     return str(secret.get()), hint
 
 
