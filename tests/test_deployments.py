@@ -3,6 +3,7 @@ against a real server and process worker (scripts/start_prefect_stack.sh), jobs 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def _table(artifact: dict) -> list[dict]:
 def test_invalid_parameter_fails_before_any_job_with_the_validators_message(
         prefect_stack: Stack, hub_endpoint: str, slurm_cluster: str, tmp_path: Path) -> None:
     spec = slurm_spec(tmp_path, hub_endpoint)
-    run_id = "deploy-invalid-mbs"
+    run_id = f"deploy-invalid-mbs-{os.getpid()}"  # unique: the cluster and its sacct history are shared
     result = prefect_stack.prefect("deployment", "run", "finetune/tiny", "--param", f"spec_path={spec}",
                                    "--param", f"run_id={run_id}", "--param", "micro_batch_size=3", "--watch")
     assert result.returncode != 0, result.stdout
@@ -75,7 +76,7 @@ def test_invalid_parameter_fails_before_any_job_with_the_validators_message(
 def test_cli_cancel_of_a_deployment_run_leaves_no_slurm_job(prefect_stack: Stack, hub_endpoint: str,
                                                             slurm_cluster: str, tmp_path: Path) -> None:
     spec = slurm_spec(tmp_path, hub_endpoint, **{"train.max_steps": 2000})
-    run_id = "deploy-cancel"
+    run_id = f"deploy-cancel-{os.getpid()}"
     result = prefect_stack.prefect("deployment", "run", "finetune/tiny", "--param", f"spec_path={spec}",
                                    "--param", f"run_id={run_id}")
     assert result.returncode == 0, result.stdout + result.stderr
