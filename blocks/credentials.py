@@ -24,8 +24,14 @@ def hub_token(secret_name: str | None) -> tuple[str | None, str]:
     hint = f"the Prefect Secret block {secret_name!r} (or {DEFAULT_TOKEN_HINT})"
     try:
         secret = Secret.load(secret_name, _sync=True)
-    except ValueError:  # no such block: fall back to the environment
-        return None, hint
+    except ValueError:  # no Secret of that name: a Hugging Face Token block, else the environment
+        from blocks.hf_token import HuggingFaceToken
+
+        try:
+            block = HuggingFaceToken.load(secret_name, _sync=True)
+        except ValueError:
+            return None, hint
+        return block.token.get_secret_value(), f"the Hugging Face Token block {secret_name!r}"
     return str(secret.get()), hint
 
 

@@ -6,26 +6,41 @@ import shutil
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
 
 from peftpipe import stages
 from peftpipe.slurm.client import SlurmClient
 from peftpipe.slurm.jobs import job_name_prefix
-from peftpipe.validation import load_spec
+from peftpipe.spec import LoadedSpec
+from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
 from flows.nemo import nemo_stages
+from flows.ui_artifacts import publish_run_artifacts
 from tasks.evaluate import evaluate
 from tasks.fetch_model import fetch_model
 from tasks.prepare_data import prepare_data
 from tasks.publish import publish
+
+DEFAULT_SPEC = "examples/tiny/spec.yaml"
+# Top-level parameters of the deployment (what `prefect deployment run --param` takes) and the
+# spec keys they override; anything else goes through `overrides` with dotted keys.
+PARAMETER_KEYS = {
+    "micro_batch_size": "train.micro_batch_size",
+    "global_batch_size": "train.global_batch_size",
+    "max_steps": "train.max_steps",
+    "peft_scheme": "peft.method",
+    "model": "model.repo_id",
+}
 
 
 def cancel_slurm_jobs(flow: Any, flow_run: Any, state: Any) -> None:
     """On cancellation (CLI or UI), scancel every queued or running job of this run, found by name.
 
     The task that watches a job cancels it too when it is interrupted; this hook covers a job
-    whose watcher never got to run its cleanup.
+    whose watcher never got to run its cleanup. A generated run id is the flow run's name (set
+    when the flow starts), since the hook runs in another process and sees only the flow run.
     """
-    run_id = (flow_run.parameters or {}).get("run_id")
+    run_id = (flow_run.parameters or {}).get("run_id") or flow_run.name
     if not run_id or shutil.which("squeue") is None:
         return
     cancelled = SlurmClient().cancel_named(job_name_prefix(run_id))
@@ -33,29 +48,79 @@ def cancel_slurm_jobs(flow: Any, flow_run: Any, state: Any) -> None:
         print(f"cancelled Slurm jobs {', '.join(cancelled)} of run {run_id}")
 
 
-@flow(name="finetune", flow_run_name="{run_id}", log_prints=True, validate_parameters=True,
+def spec_overrides(overrides: dict[str, Any] | None, **parameters: Any) -> dict[str, Any]:
+    """Dotted spec overrides from the top-level parameters that are set, over ``overrides``."""
+    merged = dict(overrides or {})
+    merged.update({PARAMETER_KEYS[name]: value for name, value in parameters.items() if value is not None})
+    return merged
+
+
+def load_or_log(spec_path: str, overrides: dict[str, Any]) -> LoadedSpec:
+    """The validated spec; on failure every problem goes to the run log as its own line first."""
+    try:
+        return load_spec(spec_path, overrides)
+    except SpecError as error:
+        logger = get_run_logger()
+        logger.error("%s: invalid run spec (nothing was submitted)", spec_path)
+        for issue in error.issues:
+            logger.error("  %s", issue)
+        raise
+
+
+def _run_name() -> str:
+    return current_flow_run.parameters.get("run_id") or "finetune-pending"
+
+
+def _name_flow_run(run_id: str) -> None:
+    """Rename the flow run to the generated run id, so the UI, the CLI and the cancel hook show it."""
+    from prefect.client.orchestration import get_client
+
+    flow_run_id = current_flow_run.id
+    if flow_run_id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run_id, name=run_id)
+
+
+@flow(name="finetune", flow_run_name=_run_name, log_prints=True, validate_parameters=True,
       on_cancellation=[cancel_slurm_jobs])
-def finetune(spec_path: str, run_id: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_batch_size: int | None = None,
+             global_batch_size: int | None = None, max_steps: int | None = None, peft_scheme: str | None = None,
+             model: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every stage of a PEFT fine-tune described by the run spec at ``spec_path``.
 
-    ``overrides`` maps dotted spec keys to values (``{"train.micro_batch_size": 2}``); the
-    spec is validated with them before any stage starts.
+    Args:
+        spec_path: The run spec (relative paths: to the worker's working directory, the repository).
+        run_id: Reuse a run directory (resumes training); default: ``<spec name>-<UTC time>``.
+        micro_batch_size: Overrides ``train.micro_batch_size``.
+        global_batch_size: Overrides ``train.global_batch_size``.
+        max_steps: Overrides ``train.max_steps``.
+        peft_scheme: Overrides ``peft.method`` (lora, ia3, ptuning, adapter).
+        model: Overrides ``model.repo_id``.
+        overrides: Any other dotted spec keys, e.g. ``{"train.learning_rate": 1e-4}``.
+
+    The spec is validated with every override before any stage starts or any job is submitted.
     """
-    loaded = load_spec(spec_path, overrides)
+    changes = spec_overrides(overrides, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
+                             max_steps=max_steps, peft_scheme=peft_scheme, model=model)
+    loaded = load_or_log(spec_path, changes)
+    if run_id is None:
+        run_id = stages.new_run_id(loaded.spec.name)
+        _name_flow_run(run_id)
     paths = stages.run_paths(loaded, run_id)
     get_run_logger().info("run %s in %s", run_id, paths.root)
-    model = fetch_model(loaded, paths)
+    fetched = fetch_model(loaded, paths)
     data = prepare_data(loaded, paths)
     if loaded.spec.engine == "nemo":
-        trained, metrics = nemo_stages(loaded, paths, model)
+        trained, metrics = nemo_stages(loaded, paths, fetched)
     else:
-        trained = finetune_with_retries(loaded, paths, model.path)
-        metrics = evaluate(loaded, paths, model.path)
-    manifest = publish(loaded, paths, run_id, model, data, metrics)
+        trained = finetune_with_retries(loaded, paths, fetched.path)
+        metrics = evaluate(loaded, paths, fetched.path)
+    manifest = publish(loaded, paths, run_id, fetched, data, metrics)
+    publish_run_artifacts(paths, metrics, manifest)
     return {
         "run_id": run_id,
         "run_dir": str(paths.root),
-        "model": {"repo_id": model.repo_id, "commit_sha": model.commit_sha},
+        "model": {"repo_id": fetched.repo_id, "commit_sha": fetched.commit_sha},
         "data": {"counts": data.counts, "fingerprint": data.fingerprint},
         "train": {"final_step": trained.final_step, "final_loss": trained.final_loss,
                   "resumed_from_step": trained.resumed_from_step, "wall_time_s": trained.wall_time_s},

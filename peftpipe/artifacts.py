@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from peftpipe.spec import S3StoreSpec
 
 MANIFEST = "manifest.json"
+# Top-level names starting with this hold the store's own records (promoted pointers); run ids
+# cannot start with it, so neither collides nor shows up as a run.
+RESERVED = "_"
 # (key, bytes done, total bytes) while a large object moves.
 Progress = Callable[[str, int, int], None]
 
@@ -70,6 +73,9 @@ class ArtifactStore(Protocol):
 
     def list_runs(self) -> list[str]: ...
 
+    def read_bytes(self, run_id: str, key: str) -> bytes | None:
+        """A small object's content, or None if there is no such object."""
+
     def download(self, run_id: str, key: str, dest: Path) -> None:
         """Copy one object to ``dest`` as stored; :func:`restore` verifies it."""
 
@@ -105,7 +111,13 @@ class FileArtifactStore:
         return json.loads(target.read_text()) if target.is_file() else None
 
     def list_runs(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(RESERVED))
+
+    def read_bytes(self, run_id: str, key: str) -> bytes | None:
+        target = self.root / run_id / key
+        return target.read_bytes() if target.is_file() else None
 
     def download(self, run_id: str, key: str, dest: Path) -> None:
         shutil.copyfile(self.root / run_id / key, dest)

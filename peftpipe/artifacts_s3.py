@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from peftpipe.artifacts import (
-    MANIFEST, ArtifactStoreError, Progress, StoredObject, StoreUnavailable, sha256_file,
+    MANIFEST, RESERVED, ArtifactStoreError, Progress, StoredObject, StoreUnavailable, sha256_file,
 )
 from peftpipe.spec import S3StoreSpec
 
@@ -128,7 +128,13 @@ class S3ArtifactStore:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=base, Delimiter="/"):
                 runs += [entry["Prefix"][len(base):].rstrip("/") for entry in page.get("CommonPrefixes", [])]
-        return sorted(runs)
+        return sorted(run for run in runs if not run.startswith(RESERVED))
+
+    def read_bytes(self, run_id: str, key: str) -> bytes | None:
+        if self._head(run_id, key) is None:
+            return None
+        with self._errors(self.url(run_id, key)):
+            return self.client.get_object(Bucket=self.bucket, Key=self.key_for(run_id, key))["Body"].read()
 
     def download(self, run_id: str, key: str, dest: Path) -> None:
         stored = self._head(run_id, key)

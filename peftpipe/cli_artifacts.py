@@ -108,3 +108,24 @@ def get(
         raise _fail(error) from None
     for path in restored:
         console.print(f"{path} (sha256 verified)", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("promoted")
+def promoted(
+    name: Annotated[str, typer.Argument(help="The spec name (the `name:` of the run spec).")],
+    store: StoreOption = None, spec: SpecOption = None, endpoint_url: EndpointOption = None,
+    credentials_block: BlockOption = None,
+) -> None:
+    """Print the promoted adapter of spec NAME as JSON: run id, metric and value, data fingerprint."""
+    import json
+
+    from peftpipe.promotion import read_promoted
+
+    try:
+        pointer = read_promoted(_store(store, spec, endpoint_url, credentials_block), name)
+    except (ArtifactStoreError, ValueError) as error:
+        raise _fail(error) from None
+    if pointer is None:
+        errors.print(f"spec {name!r} has no promoted adapter in this store.", markup=False, highlight=False)
+        raise typer.Exit(1)
+    print(json.dumps(pointer, indent=2))

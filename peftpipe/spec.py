@@ -393,6 +393,8 @@ class EvaluationSpec(StrictModel):
     greedy: bool = True
     batch_size: int = Field(8, gt=0)
     max_records: int | None = Field(None, gt=0, description="Evaluate only the first N test records.")
+    select_metric: Literal["exact_match", "exact_match_normalized", "f1", "loss"] = Field(
+        "f1", description="What a re-tune compares to decide on promotion (loss: lower is better).")
 
 
 # Bucket names as S3 accepts them (3-63 lowercase letters, digits, dots, dashes).

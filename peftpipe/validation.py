@@ -131,6 +131,9 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
         issues.append(
             SpecIssue("peft.ia3.feedforward_modules", f"{extra} are not in target_modules", "add them to target_modules")
         )
+    if spec.evaluation.select_metric not in spec.evaluation.metrics:
+        issues.append(SpecIssue("evaluation.select_metric", f"{spec.evaluation.select_metric!r} is not computed",
+                                "add it to evaluation.metrics or choose one of them"))
     issues += _check_model(loaded)
     issues += _check_dataset(loaded)
     issues += _check_slurm(loaded)

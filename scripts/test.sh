@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 # The real one-node Slurm cluster (slurm-wlm, munge, slurmdbd, MariaDB); a no-op when it is up.
 ./scripts/start_slurm.sh
+# Debian's chromium for the UI test (tests/test_ui_browser.py); a no-op when installed.
+./scripts/setup_browser.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 exec .venv/bin/python -m pytest -q "$@"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.prefect_stack import prefect_stack, slurm_deployment_run  # noqa: F401 - fixtures
 from tests.s3_fixtures import own_s3_server, s3_server  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,3 +96,9 @@ def slurm_cluster() -> str:
     result = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"the test cluster did not start:\n{result.stdout}\n{result.stderr}"
     return result.stdout.strip()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests of the real Prefect stack last and together: its server and worker then share the
+    2 CI cores with nothing else, and the other tests never run beside them."""
+    items.sort(key=lambda item: "prefect_stack" in getattr(item, "fixturenames", ()))
