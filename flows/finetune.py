@@ -12,6 +12,7 @@ from peftpipe import stages
 from peftpipe.slurm.client import SlurmClient
 from peftpipe.slurm.jobs import job_name_prefix
 from peftpipe.spec import LoadedSpec
+from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
 from flows.nemo import nemo_stages
@@ -58,7 +59,13 @@ def spec_overrides(overrides: dict[str, Any] | None, **parameters: Any) -> dict[
 def load_or_log(spec_path: str, overrides: dict[str, Any]) -> LoadedSpec:
     """The validated spec; on failure every problem goes to the run log as its own line first."""
     try:
-        return load_spec(spec_path, overrides)
+        loaded = load_spec(spec_path, overrides)
+        block_name = loaded.spec.execution.slurm_block
+        if block_name:
+            # The cluster block's settings fill what the spec leaves unset; the spec's own win.
+            defaults = {"execution": {"slurm": SlurmCluster.load(block_name).slurm_defaults()}}
+            loaded = load_spec(spec_path, overrides, defaults)
+        return loaded
     except SpecError as error:
         logger = get_run_logger()
         logger.error("%s: invalid run spec (nothing was submitted)", spec_path)

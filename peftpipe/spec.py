@@ -383,6 +383,8 @@ class ExecutionSpec(StrictModel):
         "local", description="Where the fine-tune and evaluate stages run: local subprocesses or Slurm jobs."
     )
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    slurm_block: str | None = Field(None, description="Name of a Slurm Cluster block (blocks/slurm_cluster.py)"
+                                                      " whose settings are defaults under execution.slurm.")
 
 
 class EvaluationSpec(StrictModel):

@@ -54,10 +54,12 @@ class SpecError(Exception):
         super().__init__("\n".join(str(issue) for issue in issues))
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> LoadedSpec:
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
+              defaults: dict[str, Any] | None = None) -> LoadedSpec:
     """Parse and fully check the spec at ``path``; raise :class:`SpecError` if it must not run.
 
-    ``overrides`` maps dotted keys (``train.micro_batch_size``) to values applied before parsing.
+    ``overrides`` maps dotted keys (``train.micro_batch_size``) to values applied before parsing;
+    ``defaults`` is a nested mapping (a cluster block's settings) under what the file says.
     """
     spec_path = Path(path)
     if not spec_path.is_file():
@@ -68,6 +70,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Load
         raise SpecError([SpecIssue("spec", f"{spec_path} is not valid YAML ({error})", "correct the YAML syntax")])
     if not isinstance(raw, dict):
         raise SpecError([SpecIssue("spec", f"{spec_path} holds no mapping", "write the spec as `key: value` pairs")])
+    raw = _merged_under(defaults or {}, raw)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:
@@ -79,6 +82,17 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Load
     if issues:
         raise SpecError(issues)
     return loaded
+
+
+def _merged_under(defaults: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
+    """``explicit`` with ``defaults`` filling only the keys it does not set (recursively)."""
+    merged = dict(defaults)
+    for key, value in explicit.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged_under(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
