@@ -7,7 +7,6 @@ size and sha256 recorded. Two backends share one interface: ``file://DIR`` (belo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
+
+from peftpipe.hashing import sha256_file
 
 if TYPE_CHECKING:
     from peftpipe.artifacts_s3 import S3Access
@@ -44,13 +45,6 @@ class RunIncomplete(ArtifactStoreError):
 class ChecksumMismatch(ArtifactStoreError):
     """Downloaded bytes differ from the manifest's sha256; nothing was written to the destination."""
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

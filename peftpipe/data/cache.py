@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from peftpipe.data.convert import Sources
-from peftpipe.data.records import file_sha256
+from peftpipe.hashing import sha256_file
 from peftpipe.spec import DatasetSpec
 
 # Bump when the same inputs and options would convert to different records.
@@ -32,7 +32,7 @@ NOT_IN_KEY: dict[str, Any] = {
 
 def input_digests(sources: Sources) -> dict[str, dict[str, str]]:
     """Each input file by role, with its sha256."""
-    return {role: {"file": str(path), "sha256": file_sha256(path)} for role, path in sources.files().items()}
+    return {role: {"file": str(path), "sha256": sha256_file(path)} for role, path in sources.files().items()}
 
 
 def cache_key(dataset: DatasetSpec, digests: dict[str, dict[str, str]], seed: int) -> str:
@@ -52,7 +52,7 @@ def find_entry(cache_dir: Path, key: str) -> Path | None:
         return None
     try:
         files = json.loads((entry / "stats.json").read_text(encoding="utf-8"))["files"]
-        intact = all(file_sha256(entry / name) == info["sha256"] for name, info in files.items())
+        intact = all(sha256_file(entry / name) == info["sha256"] for name, info in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         intact = False
     if intact:

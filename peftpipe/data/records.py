@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftpipe.hashing import sha256_file
+
 Record = dict[str, Any]
 
 REENCODE_FIX = "re-encode the file as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8)"
@@ -172,13 +174,6 @@ def _skip_whitespace(text: str, position: int) -> int:
         position += 1
     return position
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def digest_files(paths: Iterable[Path]) -> tuple[str, dict[str, str]]:
