@@ -31,7 +31,7 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
     config = model_config(spec, model_path)
     estimator = memory_estimator(spec, config) if config else None
     if micro_batch_size is None and spec.train.preflight:
-        checked = preflight(spec, model_path)
+        checked = preflight(spec, config)
         if checked is not None:
             logger.info(checked.describe())
             micro_batch_size = checked.micro_batch_size

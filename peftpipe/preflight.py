@@ -107,10 +107,9 @@ def model_config(spec: RunSpec, model_path: Path) -> dict | None:
     return config
 
 
-def preflight(spec: RunSpec, model_path: Path) -> PreflightResult | None:
-    """None when there is no GPU to size for or no config the estimate understands."""
+def preflight(spec: RunSpec, config: dict | None) -> PreflightResult | None:
+    """None when there is no GPU to size for or no config the estimate understands (see model_config)."""
     memory = gpu_memory_gib(spec)
-    config = model_config(spec, model_path)
     if memory is None or config is None:
         return None
     return choose_micro_batch(spec, config, memory)

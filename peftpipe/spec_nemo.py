@@ -6,19 +6,15 @@ NeMo container that image is (the profile), so that every command is rendered fo
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from peftpipe.spec_base import StrictModel
+from peftpipe.spec_execution import MEMORY_PATTERN
 
 NemoProfileName = Literal["24.03", "24.05", "24.07", "24.09"]
 NemoPrecision = Literal["16", "bf16", "32"]
-_MEMORY = re.compile(r"^\d+[MG]$")
-
-
-class _Strict(BaseModel):
-    # The same rules as spec.StrictModel; a base of its own because spec.py imports this module.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def _precision_text(value: object) -> object:
@@ -26,7 +22,7 @@ def _precision_text(value: object) -> object:
     return str(value) if isinstance(value, int) else value
 
 
-class NemoConvertSpec(_Strict):
+class NemoConvertSpec(StrictModel):
     """HF -> .nemo conversion, skipped when ``nemo.nemo_path`` names an existing .nemo."""
 
     precision: NemoPrecision | None = Field(
@@ -45,12 +41,12 @@ class NemoConvertSpec(_Strict):
     @field_validator("mem")
     @classmethod
     def _memory(cls, value: str | None) -> str | None:
-        if value is not None and not _MEMORY.match(value):
+        if value is not None and not MEMORY_PATTERN.match(value):
             raise ValueError(f"{value!r} is not a memory size. Fix: write it like 160G")
         return value
 
 
-class NemoGenerationSpec(_Strict):
+class NemoGenerationSpec(StrictModel):
     """megatron_gpt_generate.py's ``inference.*`` settings; null keeps the profile's default (recorded)."""
 
     repetition_penalty: float | None = Field(
@@ -61,7 +57,7 @@ class NemoGenerationSpec(_Strict):
     temperature: float | None = Field(None, gt=0, description="Sampling only.")
 
 
-class NemoSpec(_Strict):
+class NemoSpec(StrictModel):
     """Which NeMo container runs the stages, model parallelism and NeMo-only PEFT settings."""
 
     profile: NemoProfileName | None = Field(

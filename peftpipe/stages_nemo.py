@@ -22,7 +22,7 @@ from peftpipe import __version__
 from peftpipe.artifacts import ArtifactStore, ChecksumMismatch, open_store, publish_directory, restore
 from peftpipe.backends import Backend, StageCommand, StageOutcome, StopRule, backend_for
 from peftpipe.engines.nemo import jobs
-from peftpipe.engines.nemo.checkpoints import clear_stale_checkpoints
+from peftpipe.engines.nemo.checkpoints import STEP_PATTERN, clear_stale_checkpoints, last_checkpoint_step
 from peftpipe.engines.nemo.convert import read_hf_config
 from peftpipe.engines.nemo.generate import evaluation_metrics
 from peftpipe.engines.nemo.layout import NemoPaths, base_nemo
@@ -190,7 +190,6 @@ def _run(loaded: LoadedSpec, paths: RunPaths, command: StageCommand, backend: Ba
 # postfix of logged metrics); exp_manager: "Resuming training from checkpoint: <path with step=N>".
 _LOSS = re.compile(r"reduced_train_loss=([-+0-9.eE]+|nan)")
 _RESUMED = re.compile(r"Resuming training from checkpoint: (.*)")
-_STEP = re.compile(r"step=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -206,16 +205,9 @@ def read_train_log(text: str) -> TrainLog:
     first_step = _LOSS.search(text)
     before_training = text[:first_step.start()] if first_step else text
     resumed = _RESUMED.findall(before_training)
-    step = _STEP.search(resumed[0]) if resumed else None
+    step = STEP_PATTERN.search(resumed[0]) if resumed else None
     # NaN: this attempt logged no training step (it resumed at max_steps), so it saw no loss.
     return TrainLog(float(losses[-1]) if losses else math.nan, int(step.group(1)) if step else None)
-
-
-def last_checkpoint_step(checkpoints_dir: Path) -> int | None:
-    """The step of the finished ``-last`` checkpoint: NeMo names it ``...-step=<global step>-...-last.ckpt``."""
-    steps = [int(m.group(1)) for p in checkpoints_dir.glob("*last.ckpt")
-             if (m := _STEP.search(p.name)) and not Path(f"{str(p).removesuffix('.ckpt')}-unfinished").exists()]
-    return max(steps) if steps else None
 
 
 def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, micro_batch_size: int | None = None,

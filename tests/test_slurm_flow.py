@@ -206,5 +206,8 @@ def test_gpu_job_limit_holds_submission_until_a_slot_frees(tmp_path: Path, hub_e
     holding.wait(30)
     result = finetune(spec_path=str(spec), run_id=SLURM_LIMITED)
     other.join()
-    submitted = (Path(result["run_dir"]) / "finetune" / "attempt-1" / "job_id").stat().st_mtime
+    run_dir = Path(result["run_dir"])
+    # The run was ready to submit while the slot was still held, so the wait is the limit's doing.
+    assert (run_dir / "data" / "stats.json").stat().st_mtime < released[0], "prepare-data ended after the release"
+    submitted = (run_dir / "finetune" / "attempt-1" / "job_id").stat().st_mtime
     assert submitted >= released[0], "the job was submitted while the only GPU slot was taken"

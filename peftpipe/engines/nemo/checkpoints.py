@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 UNFINISHED = "-unfinished"
 _RANK_DIR = re.compile(r"^(mp_rank_\d+|tp_rank_\d+(_pp_rank_\d+)?)$")
-_STEP = re.compile(r"step=(\d+)")
+STEP_PATTERN = re.compile(r"step=(\d+)")
 _CONSUMED = re.compile(r"consumed_samples=([0-9.]+)")
 
 
@@ -52,7 +52,7 @@ def _is_last(entry: Entry) -> bool:
 
 
 def _order(name: str) -> tuple[int, float, str]:
-    step = _STEP.search(name)
+    step = STEP_PATTERN.search(name)
     consumed = _CONSUMED.search(name)
     return (int(step.group(1)) if step else -1, float(consumed.group(1).rstrip(".")) if consumed else -1.0, name)
 
@@ -109,3 +109,10 @@ def clear_stale_checkpoints(checkpoints_dir: Path) -> CleanupPlan:
         elif target.exists():
             target.unlink()
     return plan
+
+
+def last_checkpoint_step(checkpoints_dir: Path) -> int | None:
+    """The step of the finished ``-last`` checkpoint: NeMo names it ``...-step=<global step>-...-last.ckpt``."""
+    steps = [int(m.group(1)) for p in checkpoints_dir.glob("*last.ckpt")
+             if (m := STEP_PATTERN.search(p.name)) and not Path(f"{str(p).removesuffix('.ckpt')}-unfinished").exists()]
+    return max(steps) if steps else None
