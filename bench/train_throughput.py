@@ -48,6 +48,8 @@ LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "vocab_size": 128256, 
             "num_key_value_heads": 8, "intermediate_size": 8192, "tie_word_embeddings": True}
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 512, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 176, "tie_word_embeddings": True}
+# Engine variants: (use_liger, fuse_projections); None = Liger when installed.
+ENGINE_VARIANTS = {"engine": (None, True), "engine-noliger": (False, True), "engine-unfused": (None, False)}
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = QKVO + ["gate_proj", "up_proj", "down_proj"]
 METHODS = {
@@ -111,9 +113,9 @@ def plain_trial(shape: dict[str, Any], peft_settings: dict[str, Any], batches: l
 
 
 def engine_setup(shape: dict[str, Any], peft_settings: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 use_liger: bool | None) -> tuple[Any, Any, list, Any]:
+                 use_liger: bool | None, fuse: bool = True) -> tuple[Any, Any, list, Any]:
     prepared = prepare_model(build_base(shape, device, dtype), peft_settings, device, activation_checkpointing=False,
-                             use_liger=use_liger)
+                             use_liger=use_liger, fuse=fuse)
     trainable = [p for p in prepared.model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, {"learning_rate": 1e-4, "weight_decay": 0.0}, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -200,14 +202,14 @@ def full_length(args: argparse.Namespace, shape: dict[str, Any], device: torch.d
             results += sweep(f"plain {name}", plain, args.plain_sizes, device)
 
     for variant in [v for v in args.variants if v != "plain"]:
-        use_liger = {"engine": None, "engine-noliger": False}[variant]
-        # The ablation without Liger is run for the headline configuration only.
+        use_liger, fuse = ENGINE_VARIANTS[variant]
+        # The ablations (without Liger, without fused projections) run for the headline configuration only.
         for name in [m for m in args.methods if variant == "engine" or m == "lora-qkvo"]:
             settings = METHODS[name]
             targets = settings.get("target_modules", [])
 
             def engine(mbs: int) -> dict:
-                setup = engine_setup(shape, settings, device, dtype, use_liger)
+                setup = engine_setup(shape, settings, device, dtype, use_liger, fuse)
                 rows = random_rows(mbs * steps, seq, vocab, seed=mbs)
                 config = {"micro_batch_size": mbs, "max_seq_length": seq, "packing": False, "pad_id": 0,
                           "precision": args.precision}
@@ -319,7 +321,7 @@ def profile(args: argparse.Namespace, shape: dict[str, Any], device: torch.devic
             by_category[categorise(e.key)] = by_category.get(categorise(e.key), 0.0) + e.self_device_time_total
         report.append(f"## {label}, micro batch {mbs}: {total / 2e3:.1f} ms of GPU time per step")
         report += [f"- {k}: {v / total:.1%}" for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])]
-        report.append(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+        report.append(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=70))
         free_memory()
     return "\n".join(report)
 
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per trial (after 2 warm-up steps)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--variants", nargs="+", default=["plain", "engine"],
-                        choices=["plain", "engine-noliger", "engine"])
+                        choices=["plain", *ENGINE_VARIANTS])
     parser.add_argument("--plain-sizes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--engine-sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--padded-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}; peak {peak / 1e12:.1f} TFLOP/s; {versions}", flush=True)
 
     # The plain loop is profiled before anything applies Liger's process-wide patches.
-    profiled = profile(args, shape, device, dtype, "plain") if args.profile else ""
+    profiled = profile(args, shape, device, dtype, "plain") if args.profile and "plain" in args.variants else ""
     full = full_length(args, shape, device, dtype, peak)
     real = [] if args.skip_real else real_lengths(args, shape, device, dtype)
     if args.profile:

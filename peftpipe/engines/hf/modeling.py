@@ -8,7 +8,9 @@
 - Liger's fused RMSNorm / SwiGLU / RoPE on CUDA when installed;
 - adapters keep fp32 master weights but compute in the autocast precision: peft's default casts
   every adapter input to fp32, which costs several full-size copies and fp32 matrix products per
-  adapted layer.
+  adapted layer;
+- projections of one input (q/k/v, gate/up) computed together with their LoRA branches folded
+  into the base products (``fused_projections``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from peftpipe.engines.hf.fast_kernels import (
     packed_kwargs,
     register_attention,
 )
+from peftpipe.engines.hf.fused_projections import fuse_projections
 from peftpipe.engines.hf.packing import Example, collate, label_tokens, plan_padded
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -101,8 +104,11 @@ def detach_output_head(base: Any, peft: dict[str, Any]) -> torch.Tensor | None:
 
 
 def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activation_checkpointing: bool,
-                  use_liger: bool | None = None) -> Prepared:
-    """The trainable PEFT model around ``base`` (already on ``device``, in its precision)."""
+                  use_liger: bool | None = None, fuse: bool = True) -> Prepared:
+    """The trainable PEFT model around ``base`` (already on ``device``, in its precision).
+
+    ``fuse=False`` keeps peft's own forward for every projection (bench/ compares the two).
+    """
     from peft import get_peft_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -124,6 +130,8 @@ def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activat
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False
+    if fuse and fuse_projections(model):
+        features.append("shared-input projections (q/k/v, gate/up) with LoRA folded into the base products")
     return Prepared(model, head_weight, use_liger, features)
 
 
