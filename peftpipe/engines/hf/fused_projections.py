@@ -130,15 +130,16 @@ class SharedInputProjections(torch.autograd.Function):
             out = (torch.mm(x_a[:, columns], scaled_b) if p.bias is None
                    else torch.addmm(p.bias.to(dtype), x_a[:, columns], scaled_b))
             outputs.append(out.addmm_(x, weight.t()))
-        ctx.layout = layout
-        ctx.save_for_backward(x, x_a, *tensors)
+        ctx.layout, ctx.dtype = layout, dtype
+        # x is needed only for the LoRA A gradients: the frozen products' input gradients need the weights alone.
+        ctx.save_for_backward(x if lora_a else None, x_a, *tensors)
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, x_a, *tensors = ctx.saved_tensors
         projections = _unflatten(ctx.layout, tuple(tensors))
-        dtype = x.dtype
+        dtype = ctx.dtype
         flat_grads: list[torch.Tensor | None] = []
         grad_x_a, lora_a, a_slots = [], [], []
         for p, columns, grad in zip(projections, _lora_columns(projections), grads):
