@@ -23,9 +23,11 @@ def sdpa(backend: SDPBackend | None, expand_kv: bool):
         groups = q.shape[1] // k.shape[1]
         if expand_kv:
             k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
-        backends = [backend] if backend is not None else list(SDPBackend)
-        with sdpa_kernel(backends):
+        if backend is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=not expand_kv)
+        else:
+            with sdpa_kernel([backend]):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=not expand_kv)
         return out.transpose(1, 2)
     return run
 
