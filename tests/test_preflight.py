@@ -62,7 +62,7 @@ def test_no_gpu_no_preflight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 # (bench/results/train_throughput_h100.json).
 H100_ENGINE_PEAKS = [
     ("lora", ("q_proj", "k_proj", "v_proj", "o_proj"), 8, 16.4), ("lora", ("q_proj", "k_proj", "v_proj", "o_proj"), 32, 58.2),
-    ("lora", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 16, 40.7),
+    ("lora", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 16, 40.3),
     ("ia3", ("k_proj", "v_proj", "down_proj"), 16, 47.6), ("ptuning", ("q_proj",), 32, 54.3),
 ]
 

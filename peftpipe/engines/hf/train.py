@@ -15,8 +15,9 @@ Features:
 - Packing (``packing``): the records of a global batch share rows of ``max_seq_length`` tokens
   without attending across records (``packing.py``); otherwise batches are padded to their
   longest record. bf16 on GPUs that support it, with the fast paths of ``modeling.py`` (flash
-  attention, the output projection fused with the loss at label positions only, Liger's
-  kernels when installed).
+  attention, the output projection fused with the loss at label positions only, projections
+  of one input computed together with LoRA folded into the base GEMMs, Liger's kernels when
+  installed).
 - Checkpoints (adapter, optimizer, scheduler, RNG) every ``checkpoint_every`` steps, written
   atomically; a restart in the same output directory resumes from the latest one. SIGTERM /
   SIGUSR1 (Slurm's ``--signal``) save a checkpoint at the end of the current step and exit.
