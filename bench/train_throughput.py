@@ -215,7 +215,8 @@ def full_length(args: argparse.Namespace, shape: dict[str, Any], device: torch.d
                           "precision": args.precision}
                 seconds, tokens, _ = engine_trial(setup, [rows[i * mbs:(i + 1) * mbs] for i in range(steps)],
                                                   config, device)
-                row = describe(seconds, tokens, mbs, "liger" if setup[0].use_liger else "fused", settings["method"], targets)
+                kernels = "liger" if setup[0].use_liger else "fused"
+                row = describe(seconds, tokens, mbs, kernels, settings["method"], targets)
                 row["features"] = setup[0].features
                 return row
             results += sweep(f"{variant} {name}", engine, args.engine_sizes, device)
