@@ -17,11 +17,13 @@ projection such as o_proj) so that:
 The modules keep their parameters and their peft structure (adapters save and load as before);
 only their ``forward`` is routed through a :class:`ProjectionGroup`. Whenever the fast path does
 not apply (several active adapters, dropout, DoRA or another LoRA variant, a trainable base,
-unmerging needed, extra arguments) the module's own forward runs instead.
+unmerging needed, extra arguments, a subclass of ``nn.Linear`` such as a quantized layer) the
+module's own forward runs instead.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +45,8 @@ class Projection:
 
 
 def _frozen_linear(module: Any) -> bool:
-    return (isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
+    # Exactly nn.Linear: its subclasses (FP8, bitsandbytes 4/8-bit, ...) compute with more than ``weight``.
+    return (type(module) is torch.nn.Linear and not module.weight.requires_grad
             and (module.bias is None or not module.bias.requires_grad))
 
 
@@ -111,7 +114,7 @@ def _lora_columns(projections: list[Projection]) -> list[slice | None]:
 class SharedInputProjections(torch.autograd.Function):
     """Every projection of one 2-D input ``x`` (tokens x features); frozen base weights.
 
-    Unused outputs get zero gradients (autograd's default), so every LoRA weight gets a gradient.
+    An output that gets no gradient leaves its adapter without one, as under peft.
     """
 
     @staticmethod
@@ -130,42 +133,46 @@ class SharedInputProjections(torch.autograd.Function):
             out = (torch.mm(x_a[:, columns], scaled_b) if p.bias is None
                    else torch.addmm(p.bias.to(dtype), x_a[:, columns], scaled_b))
             outputs.append(out.addmm_(x, weight.t()))
+        ctx.set_materialize_grads(False)
         ctx.layout, ctx.dtype = layout, dtype
         # x is needed only for the LoRA A gradients: the frozen products' input gradients need the weights alone.
         ctx.save_for_backward(x if lora_a else None, x_a, *tensors)
         return tuple(outputs)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         x, x_a, *tensors = ctx.saved_tensors
         projections = _unflatten(ctx.layout, tuple(tensors))
-        dtype = ctx.dtype
-        flat_grads: list[torch.Tensor | None] = []
+        dtype, wanted = ctx.dtype, ctx.needs_input_grad[2:]
+        flat_grads: list[torch.Tensor | None] = [None] * len(tensors)
         grad_x_a, lora_a, a_slots = [], [], []
+        slot = 0
         for p, columns, grad in zip(projections, _lora_columns(projections), grads):
-            flat_grads.append(None)  # the frozen weight
-            if p.bias is not None:
-                flat_grads.append(None)
+            slot += 1 if p.bias is None else 2  # the frozen weight (and bias): no gradient
             if columns is None:
                 continue
-            scaled_b = (p.lora_b * p.scaling).to(dtype)
-            grad_x_a.append(grad @ scaled_b)
+            a_slot, b_slot, slot = slot, slot + 1, slot + 2
+            if grad is None:
+                continue
+            grad_x_a.append(grad @ (p.lora_b * p.scaling).to(dtype))
             lora_a.append(p.lora_a)
-            a_slots.append(len(flat_grads))
-            grad_b = (grad.t() @ x_a[:, columns]).to(p.lora_b.dtype).mul_(p.scaling)
-            flat_grads += [None, grad_b]  # A's slot is filled below, from one product for the group
+            a_slots.append(a_slot)
+            if wanted[b_slot]:
+                flat_grads[b_slot] = (grad.t() @ x_a[:, columns]).to(p.lora_b.dtype).mul_(p.scaling)
         grad_x = None
         if grad_x_a:
             grad_x_a_all = torch.cat(grad_x_a, dim=1)
-            grad_a_all = (grad_x_a_all.t() @ x).to(lora_a[0].dtype)
-            for slot, rows in zip(a_slots, grad_a_all.split([a.shape[0] for a in lora_a])):
-                flat_grads[slot] = rows
+            if any(wanted[a_slot] for a_slot in a_slots):  # one product for every A of the group
+                grad_a_all = grad_x_a_all.t() @ x
+                for a_slot, a, rows in zip(a_slots, lora_a, grad_a_all.split([a.shape[0] for a in lora_a])):
+                    flat_grads[a_slot] = rows.to(a.dtype) if wanted[a_slot] else None
             if ctx.needs_input_grad[0]:
                 grad_x = grad_x_a_all @ torch.cat(lora_a).to(dtype)
         if ctx.needs_input_grad[0]:
             for p, grad in zip(projections, grads):
-                weight = p.weight.to(dtype)
-                grad_x = grad @ weight if grad_x is None else grad_x.addmm_(grad, weight)
+                if grad is not None:
+                    weight = p.weight.to(dtype)
+                    grad_x = grad @ weight if grad_x is None else grad_x.addmm_(grad, weight)
         return (grad_x, None, *flat_grads)
 
 
@@ -183,51 +190,51 @@ def project(x: torch.Tensor, projections: list[Projection]) -> list[torch.Tensor
 class ProjectionGroup:
     """Sibling modules called one after another on the same input tensor.
 
-    The first member's call computes every member's output in one :class:`SharedInputProjections`;
-    the others pick theirs up when they are called with that same tensor. A member called with
-    another input (cross-attention, say) or out of order is computed on its own.
+    Whichever member is called first computes every member's output in one
+    :class:`SharedInputProjections`; the others pick theirs up when they are called with that same
+    tensor. A call that finds outputs pending for another tensor (cross-attention, say) drops them
+    and the group stops sharing: from then on each member computes its own output.
     """
 
     def __init__(self, modules: list[Any]) -> None:
         self.modules = modules
-        self.own_forwards = [module.forward for module in modules]
+        self.shares_input = len(modules) > 1
         self._input: torch.Tensor | None = None
         self._pending: dict[int, torch.Tensor] = {}
 
     def install(self) -> None:
         for index, module in enumerate(self.modules):
-            module.forward = self._forward_for(index)
+            # A partial of a bound method rather than a closure: deepcopy and pickle then follow the copy.
+            module.forward = functools.partial(self.output, index)
 
     def uninstall(self) -> None:
-        for module, forward in zip(self.modules, self.own_forwards):
-            module.forward = forward
+        for module in self.modules:
+            del module.forward  # the class's forward again
         self._input, self._pending = None, {}
 
-    def _forward_for(self, index: int) -> Any:
-        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            return self.output(index, x, *args, **kwargs)
-
-        return forward
+    def own_forward(self, index: int, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        module = self.modules[index]
+        return type(module).forward(module, x, *args, **kwargs)
 
     def output(self, index: int, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs:
-            return self.own_forwards[index](x, *args, **kwargs)
-        if x is self._input and index in self._pending:
-            out = self._pending.pop(index)
-            if not self._pending:
-                self._input = None
-            return out
-        members = list(range(len(self.modules))) if index == 0 else [index]
+            return self.own_forward(index, x, *args, **kwargs)
+        if self._pending:
+            if x is self._input and index in self._pending:
+                out = self._pending.pop(index)
+                if not self._pending:
+                    self._input = None
+                return out
+            self._input, self._pending, self.shares_input = None, {}, False
+        members = [index] + [i for i in range(len(self.modules)) if i != index] if self.shares_input else [index]
         projections = [projection_of(self.modules[i]) for i in members]
-        if any(p is None for p in projections):
-            if len(members) > 1:  # the others may still be fine on their own
-                members, projections = [index], [projection_of(self.modules[index])]
-            if projections[0] is None:
-                return self.own_forwards[index](x)
+        if len(members) > 1 and any(p is None for p in projections):
+            members, projections = [index], projections[:1]  # this one may still be fine on its own
+        if projections[0] is None:
+            return self.own_forward(index, x)
         outputs = project(x, projections)
         if len(members) > 1:
-            self._input = x
-            self._pending = dict(zip(members[1:], outputs[1:]))
+            self._input, self._pending = x, dict(zip(members[1:], outputs[1:]))
         return outputs[0]
 
 
@@ -235,20 +242,24 @@ def fuse_projections(model: Any) -> list[ProjectionGroup]:
     """Route the model's linear projections through :class:`ProjectionGroup`; returns the groups.
 
     Groups: q/k/v and gate/up siblings (when all are frozen linears or LoRA linears), plus every
-    other LoRA linear on its own. Frozen linears outside a group are left alone.
+    other LoRA linear on its own. Frozen linears outside a group are left alone, and so are modules
+    whose forward was already replaced (a second call changes nothing).
     """
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    groups, grouped = [], set()
+    def free(module: Any) -> bool:
+        return module is not None and "forward" not in vars(module)
+
+    groups, taken = [], set()
     for parent in model.modules():
         children = dict(parent.named_children())
         for names in SHARED_INPUT_GROUPS:
             members = [children.get(name) for name in names]
-            if all(m is not None and (isinstance(m, LoraLinear) or _frozen_linear(m)) for m in members):
+            if all(free(m) and (isinstance(m, LoraLinear) or _frozen_linear(m)) for m in members):
                 groups.append(ProjectionGroup(members))
-                grouped.update(id(m) for m in members)
+                taken.update(id(m) for m in members)
     for module in model.modules():
-        if isinstance(module, LoraLinear) and id(module) not in grouped:
+        if isinstance(module, LoraLinear) and id(module) not in taken and free(module):
             groups.append(ProjectionGroup([module]))
     for group in groups:
         group.install()
