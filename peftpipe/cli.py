@@ -72,10 +72,12 @@ def run(
     loaded = _load_or_exit(spec, overrides)
     from flows.finetune import finetune
     from flows.report import flow_run_url, stage_rows
+    from peftpipe.interrupts import remembered_interrupts
     from peftpipe.stages import new_run_id
 
     run_id = run_id or new_run_id(loaded.spec.name)
-    state = finetune(spec_path=str(spec.resolve()), run_id=run_id, overrides=overrides, return_state=True)
+    with remembered_interrupts():
+        state = finetune(spec_path=str(spec.resolve()), run_id=run_id, overrides=overrides, return_state=True)
     flow_run_id = state.state_details.flow_run_id
     result = state.result(raise_on_failure=False)
     summary = result if isinstance(result, dict) else {}

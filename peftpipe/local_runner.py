@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftpipe.interrupts import raise_if_interrupted
+
 # Credentials are for the processes that download and upload; job processes never see them.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -59,6 +61,7 @@ def run_logged(argv: list[str], log_file: Path, on_line: Callable[[str], None] =
         try:
             assert process.stdout is not None
             for line in process.stdout:
+                raise_if_interrupted()
                 log.write(line)
                 log.flush()
                 tail.append(line.rstrip("\n"))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftpipe.interrupts import raise_if_interrupted
 from peftpipe.slurm.client import JobStatus, SlurmClient
 
 LineSink = Callable[[str], None]
@@ -85,6 +86,7 @@ def watch_job(client: SlurmClient, job_id: str, log_file: Path, *, poll_cap_s: f
     detected_at: float | None = None
     status: JobStatus | None = None
     while True:
+        raise_if_interrupted()
         for line in follower.new_lines():
             on_line(line)
             if stop_rule is not None and stopped is None:
