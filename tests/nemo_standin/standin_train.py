@@ -7,6 +7,8 @@ import json
 import math
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 from tests.nemo_standin import expectations as ex
@@ -40,6 +42,30 @@ def _resume_step(checkpoints: Path) -> int:
         raise StandinError("ValueError", f"Multiple checkpoints {last} that matches *last.ckpt.")
     log(f"Resuming training from checkpoint: {last[0]}", where="exp_manager:658")
     return json.loads(Path(last[0]).read_text())["step"]
+
+
+def _process_group_barrier(log_dir: Path) -> None:
+    """Stands for the process-group initialisation: no rank trains before every rank has started.
+
+    Without it, rank 0 of a fast stand-in could save a checkpoint while another rank is still
+    looking for the one to resume from, and that rank would see two *last.ckpt files: a race
+    NeMo itself cannot have.
+    """
+    ranks = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    if ranks <= 1:
+        return
+    launch = "-".join(os.environ.get(key, "") for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "MASTER_PORT"))
+    arrived = log_dir / f".standin-started-{launch}"
+    arrived.mkdir(parents=True, exist_ok=True)
+    (arrived / str(rank())).touch()
+    if rank() != 0:
+        return
+    deadline = time.monotonic() + 120
+    while len(list(arrived.iterdir())) < ranks:
+        if time.monotonic() > deadline:
+            raise StandinError("RuntimeError", f"timed out waiting for {ranks} ranks to initialise the process group")
+        time.sleep(0.05)
+    shutil.rmtree(arrived, ignore_errors=True)
 
 
 def _save(checkpoints: Path, name: str, step: int, loss: float, consumed: int, micro: int) -> None:
@@ -103,6 +129,7 @@ def finetune(profile: str, argv: list[str]) -> int:
     name = str(cfg.name)
     checkpoints = log_dir / "checkpoints"
     start = _resume_step(checkpoints)
+    _process_group_barrier(log_dir)
     oom_if_asked(micro)
     if rank() != 0:
         return 0
