@@ -207,11 +207,6 @@ class ProjectionGroup:
             # A partial of a bound method rather than a closure: deepcopy and pickle then follow the copy.
             module.forward = functools.partial(self.output, index)
 
-    def uninstall(self) -> None:
-        for module in self.modules:
-            del module.forward  # the class's forward again
-        self._input, self._pending = None, {}
-
     def own_forward(self, index: int, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         module = self.modules[index]
         return type(module).forward(module, x, *args, **kwargs)
