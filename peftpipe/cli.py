@@ -140,12 +140,19 @@ def tiny_model(
     out_dir: Path,
     corpus: Annotated[list[Path], typer.Option(help="JSON/JSONL/text files the tokenizer is trained on.")],
     vocab_size: int = 1024,
+    family: Annotated[str, typer.Option(help="Model family: llama, mistral, qwen2, qwen3, gemma, gemma2,"
+                                        " gemma3_text, phi3, gpt_neox, gpt2, falcon, stablelm, mixtral,"
+                                        " qwen2_moe.")] = "llama",
 ) -> None:
-    """Build a tiny random-weight Llama and its tokenizer in OUT_DIR (no download)."""
-    from peftpipe.tiny_model import build_tiny_llama, corpus_from_files
+    """Build a tiny random-weight model of a family (default Llama) and its tokenizer in OUT_DIR (no download)."""
+    from peftpipe.tiny_model import build_tiny_model, corpus_from_files
 
-    build_tiny_llama(out_dir, corpus_from_files(corpus), vocab_size=vocab_size)
-    console.print(f"tiny model written to {out_dir}")
+    try:
+        build_tiny_model(out_dir, corpus_from_files(corpus), family=family, vocab_size=vocab_size)
+    except ValueError as error:
+        console.print(f"family: {error}")
+        raise typer.Exit(2) from None
+    console.print(f"tiny {family} model written to {out_dir}")
 
 
 @hub_app.command("serve")

@@ -136,12 +136,10 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
 
 
 def _hf_config(loaded: LoadedSpec) -> dict[str, Any] | None:
-    """The model's config.json when the model is a local directory (a Hub model is only read after fetching)."""
-    path = loaded.spec.model.path
-    if path is None:
-        return None
-    config = loaded.resolve(path) / "config.json"
-    return convert.read_hf_config(config.parent) if config.is_file() else None
+    """The model's config.json when it is on disk: a model directory or a Hub model already in the cache."""
+    from peftpipe.model_fit import local_config
+
+    return local_config(loaded)
 
 
 def nemo_model_config(path: Path) -> dict[str, Any] | None:
