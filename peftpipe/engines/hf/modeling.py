@@ -181,6 +181,8 @@ def describe_projection_paths(model: Any, groups: list[Any]) -> list[str]:
     fast = [group for group in groups if all(projection_of(m) is not None for m in group.modules)]
     grouped = [[leaf(m) for m in group.modules] for group in fast]
     fused = {name for names in grouped for name in names}
+    plain = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                    if isinstance(m, LoraLayer) and name.rsplit(".", 1)[-1] not in fused})
     lines = []
     if grouped:
         shared = ["/".join(names) for names in dict.fromkeys(tuple(n) for n in grouped) if len(names) > 1]
