@@ -20,7 +20,8 @@ The shape comes from the model itself (``ModelShape.from_layout``: the meta-devi
 projections and exact parameter count), so fused ``query_key_value`` (GPT-NeoX, Falcon), Conv1D
 ``c_attn`` (GPT-2), untied embeddings and GQA are counted as they are. An MLP without a gate
 (GPT-NeoX, GPT-2, Falcon: one up projection and a GELU) keeps about half the (tokens x
-intermediate) tensors of a gated one (``UNGATED_MLP_FACTOR``). Eager attention (Gemma 2's
+intermediate) tensors of a gated one (``UNGATED_MLP_FACTOR``); with the engine's coefficients this
+is within 7 % of the OpenCALM-3B and rinna-3.6B shapes' peaks on an H200 (bench/RESULTS-families.md). Eager attention (Gemma 2's
 soft-capping) keeps each head's (seq x seq) scores and probabilities.
 
 Activation checkpointing keeps only each layer's input (2 bytes x hidden a token) plus one
@@ -52,9 +53,10 @@ ACTIVATION_COEFFICIENTS: dict[str, tuple[float, float, float]] = {
 # An MLP with one up projection and GELU keeps its up output and the activation's (2 tensors of
 # tokens x intermediate); a gated one keeps gate, up, the activation and the product (4).
 UNGATED_MLP_FACTOR = 0.5
-# Eager attention: fp32 scores' softmax input in 16 bits, probabilities kept for backward, and
-# the soft-capping tanh output: bytes per token, head and key position.
-EAGER_ATTENTION_BYTES = 6
+# Eager attention keeps, per token, head and key position, the 16-bit scores, their fp32 softmax and
+# the 16-bit probabilities (and Gemma 2's tanh): fitted to Gemma-2-2B's engine peaks on an H200
+# (bench/RESULTS-families.md: micro batch 2 and 4 at seq 2048, 26.0 and 47.0 GiB).
+EAGER_ATTENTION_BYTES = 9
 # The fused loss's transient: one chunk of 2**27 logits as bf16 product, fp32 probabilities and
 # their bf16 copy (fast_kernels.CHUNK_ELEMENTS); Liger's chunks are smaller, so this errs high.
 FUSED_LOSS_CHUNK_BYTES = 2**27 * 8

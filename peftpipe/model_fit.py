@@ -40,34 +40,47 @@ def resolved_peft(peft: dict[str, Any], layout: ModelLayout) -> dict[str, Any]:
     return resolved
 
 
-def check_target_modules(spec: RunSpec, layout: ModelLayout) -> list[SpecIssue]:
-    """Explicit target modules that name no module of the model (for the nemo engine, no module NeMo fuses)."""
+def check_target_modules(spec: RunSpec, layout: ModelLayout | None) -> list[SpecIssue]:
+    """Explicit target modules that would adapt nothing, for every engine: the one check of target names.
+
+    hf: each name must be a module of the model (``layout``: None skips the check until the model's
+    config.json is on disk). nemo: the names are NeMo's fused modules (attention_qkv, attention_dense,
+    mlp_fc1, mlp_fc2, which every converted model has) or HF names that map onto them, with q/k/v and
+    gate/up only as whole groups; this needs no layout.
+    """
     from peftpipe.validation import SpecIssue
 
     peft = spec.peft
+    if spec.engine == "nemo":
+        from peftpipe.engines.nemo.errors import NemoSpecError
+        from peftpipe.engines.nemo.finetune import lora_target_modules
+
+        if peft.method != "lora":
+            return []
+        try:
+            lora_target_modules(peft.lora.target_modules)
+        except NemoSpecError as error:
+            return [SpecIssue(error.field, error.problem, error.fix)]
+        return []
+    if layout is None:
+        return []
     wanted: list[tuple[str, list[str]]] = []
     if peft.method == "lora" and peft.lora.target_modules != AUTO:
         wanted.append(("peft.lora.target_modules", list(peft.lora.target_modules)))
-    if peft.method == "ia3" and spec.engine != "nemo":
+    if peft.method == "ia3":
         for key in ("target_modules", "feedforward_modules"):
             value = getattr(peft.ia3, key)
             if value != AUTO:
                 wanted.append((f"peft.ia3.{key}", list(value)))
     issues = []
     for field, names in wanted:
-        if spec.engine == "nemo":
-            from peftpipe.engines.nemo.finetune import HF_TO_NEMO
-
-            # NeMo's own names (attention_qkv, mlp_fc1, ...) adapt its fused modules, which every converted
-            # model has; the HF names are mapped to them and must be modules of this model.
-            names = [name for name in names if name in HF_TO_NEMO]
         unknown = unknown_target_modules(layout, names)
         if unknown:
             issues.append(SpecIssue(field, f"{unknown} match no module of {layout.architecture} ({layout.model_type}),"
                                     f" whose attention and MLP projections are {target_hint(layout)}; peft would"
                                     " stop the job with 'Target modules ... not found'",
                                     f"use auto, or names from: {target_hint(layout)}"))
-    if peft.method == "ia3" and spec.engine != "nemo" and not issues:
+    if peft.method == "ia3" and not issues:
         from peftpipe.engines.hf.command import peft_settings
 
         ia3 = resolved_peft(peft_settings(spec), layout)
@@ -102,7 +115,9 @@ def model_issues(spec: RunSpec, config: dict[str, Any]) -> tuple[ModelLayout | N
             return None, []  # the nemo engine says which architectures it converts
         return None, [SpecIssue("model", f"is not supported by the hf engine: {error}",
                                 "use a decoder-only causal LM that transformers builds without remote code")]
-    return layout, check_target_modules(spec, layout) + check_family(spec, layout)
+    # The nemo engine's target names need no model: check_nemo has checked them already.
+    targets = [] if spec.engine == "nemo" else check_target_modules(spec, layout)
+    return layout, targets + check_family(spec, layout)
 
 
 def local_config(loaded: LoadedSpec) -> dict[str, Any] | None:

@@ -33,14 +33,14 @@ def varlen_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch
 
     ``key``/``value`` may have fewer heads than ``query`` (grouped-query attention).
     """
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
+    if query.dtype in (torch.float16, torch.bfloat16) and flash_varlen_available(query.device):
         # PyTorch's bundled FlashAttention-2, variable-length entry point; it has autograd and
         # handles grouped-query attention natively (16-bit inputs only).
         output = torch.ops.aten._flash_attention_forward(
             query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, 0.0, True, False, scale=scale
         )[0]
         return output
-    # CPUs (and fp32 on GPUs): SDPA record by record, exact and slow.
+    # CPUs, GPUs before Ampere and fp32: SDPA record by record, exact and slow.
     bounds = cu_seq_lens.tolist()
     pieces = []
     for start, end in zip(bounds, bounds[1:]):
@@ -49,6 +49,11 @@ def varlen_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch
                                                                enable_gqa=k.shape[0] != q.shape[0])
         pieces.append(out.transpose(0, 1))
     return torch.cat(pieces)
+
+
+def flash_varlen_available(device: torch.device) -> bool:
+    """PyTorch's bundled FlashAttention-2 needs an Ampere or newer GPU (a V100 is sm70)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

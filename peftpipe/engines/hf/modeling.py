@@ -22,6 +22,7 @@ import torch
 
 from peftpipe.engines.hf.fast_kernels import (
     apply_liger,
+    flash_varlen_available,
     linear_cross_entropy_sum,
     liger_usable,
     packed_kwargs,
@@ -113,7 +114,7 @@ def choose_attention(base: Any, layout: ModelLayout, device: torch.device) -> tu
                 " packed rows masked record by record from their position ids"), True
     if layout.supports_attention_backend:
         base.set_attn_implementation(register_attention())
-        return ("flash attention, variable-length for packed rows" if device.type == "cuda"
+        return ("flash attention, variable-length for packed rows" if flash_varlen_available(device)
                 else "SDPA attention, record by record for packed rows"), True
     return (f"SDPA attention ({layout.architecture} does not take a pluggable attention function, so packing"
             " is off for it)"), False
@@ -196,7 +197,9 @@ def describe_projection_paths(model: Any, groups: list[Any]) -> list[str]:
 
 def loss_sum(model: Any, batch: dict[str, Any], head_weight: torch.Tensor | None, use_liger: bool) -> torch.Tensor:
     """Sum (not mean) of the label tokens' losses, so batches of any split add up to the same total."""
-    outputs = model(input_ids=batch["input_ids"], **packed_kwargs(batch))
+    # No key/value cache: training never reads it, and with one transformers skips the block-causal mask it
+    # derives from packed position ids (the eager attention of soft-capped families relies on that mask).
+    outputs = model(input_ids=batch["input_ids"], use_cache=False, **packed_kwargs(batch))
     states = outputs.logits  # hidden states when the output projection was detached
     # p-tuning prepends virtual tokens; the label positions index the last input_ids-width positions.
     states = states[:, -batch["input_ids"].shape[1] :, :]
