@@ -75,8 +75,8 @@ class ModelShape:
     num_kv_heads: int
     intermediate_size: int
     tied_embeddings: bool = True
-    # (in, out) per projection name of one layer; None: Llama's q/k/v/o/gate/up/down.
-    projections: tuple[tuple[str, int, int], ...] | None = None
+    # (name, block, in, out) of each projection of one layer; None: Llama's q/k/v/o/gate/up/down.
+    projections: tuple[tuple[str, str, int, int], ...] | None = None
     total_parameters: int | None = None  # exact, from the model; None: counted from the Llama layout
     gated_mlp: bool = True
     eager_attention: bool = False
@@ -107,7 +107,7 @@ class ModelShape:
             num_kv_heads=layout.num_kv_heads,
             intermediate_size=layout.intermediate_size,
             tied_embeddings=layout.tied_embeddings,
-            projections=tuple((p.name, p.in_features, p.out_features) for p in layout.projections),
+            projections=tuple((p.name, p.block, p.in_features, p.out_features) for p in layout.projections),
             total_parameters=layout.parameters,
             gated_mlp=layout.gated_mlp,
             eager_attention=layout.attention_softcap is not None,
@@ -121,11 +121,21 @@ class ModelShape:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each projection of one layer, by its module name."""
         if self.projections is not None:
-            return {name: (fan_in, fan_out) for name, fan_in, fan_out in self.projections}
+            return {name: (fan_in, fan_out) for name, _, fan_in, fan_out in self.projections}
         h, kv, i = self.hidden_size, self.kv_size, self.intermediate_size
         q = (self.head_dim or h // self.num_attention_heads) * self.num_attention_heads
         return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def matching(self, target: str) -> list[tuple[int, int]]:
+        """(in, out) of every projection of one layer that peft adapts for ``target`` (GPT-2 has two
+        ``c_proj``: ``c_proj`` adapts both, ``mlp.c_proj`` one)."""
+        if self.projections is None:
+            shapes = self.linear_shapes()
+            leaf = target.rsplit(".", 1)[-1]
+            return [shapes[leaf]] if leaf in shapes else []
+        return [(fan_in, fan_out) for name, block, fan_in, fan_out in self.projections
+                if target == name or f"{block}.{name}".endswith(target)]
 
     @property
     def parameters(self) -> int:
@@ -154,12 +164,11 @@ class MemoryEstimate:
         return self.total / GIB
 
 
-def _shape_of(shapes: dict[str, tuple[int, int]], name: str) -> tuple[int, int]:
-    """A target's (in, out): ``mlp.c_proj`` names the leaf ``c_proj`` of the MLP (GPT-2 has two)."""
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf not in shapes:
-        raise ValueError(f"{name!r} is no projection of this model (it has {', '.join(shapes)})")
-    return shapes[leaf]
+def _shapes_of(model: ModelShape, name: str) -> list[tuple[int, int]]:
+    shapes = model.matching(name)
+    if not shapes:
+        raise ValueError(f"{name!r} is no projection of this model (it has {', '.join(model.linear_shapes())})")
+    return shapes
 
 
 def trainable_parameters(model: ModelShape, method: Method, lora_rank: int = 16,
@@ -167,13 +176,13 @@ def trainable_parameters(model: ModelShape, method: Method, lora_rank: int = 16,
                          num_virtual_tokens: int = 10, encoder_hidden_size: int = 128,
                          feedforward_modules: tuple[str, ...] = ("down_proj",)) -> int:
     """Adapter parameter count (peft's LoRA, IA3 and p-tuning prompt encoder)."""
-    shapes = model.linear_shapes()
     if method == "lora":
-        return model.num_layers * sum(lora_rank * sum(_shape_of(shapes, name)) for name in target_modules)
+        return model.num_layers * sum(lora_rank * (fan_in + fan_out) for name in target_modules
+                                      for fan_in, fan_out in _shapes_of(model, name))
     if method == "ia3":
         # One scale per output feature, or per input feature for a feed-forward target.
-        return model.num_layers * sum(_shape_of(shapes, name)[0 if name in feedforward_modules else 1]
-                                      for name in target_modules)
+        return model.num_layers * sum(shape[0 if name in feedforward_modules else 1] for name in target_modules
+                                      for shape in _shapes_of(model, name))
     if method == "ptuning":
         h, e = model.hidden_size, encoder_hidden_size
         return num_virtual_tokens * h + (h * e + e) + (e * e + e) + (e * h + h)

@@ -169,3 +169,47 @@ def test_packed_rows_give_the_loss_of_padded_ones(family_hub: tuple[Path, str], 
         padded = loss_sum(prepared.model, collate(examples, [[0], [1], [2]], 0, torch.device("cpu"), packed=False),
                           prepared.head_weight, False)
     assert float(packed) == pytest.approx(float(padded), rel=1e-5)
+
+
+def test_a_hub_model_is_checked_right_after_its_download(tmp_path: Path, family_hub: tuple[Path, str]) -> None:
+    """validate cannot see a Hub model's modules before it is fetched; the fetch stage checks them before
+    any data is prepared or job submitted."""
+    from peftpipe.paths import RunPaths
+    from peftpipe.stages import fetch_stage
+    from peftpipe.validation import SpecError, load_spec
+
+    spec = small_run(tmp_path, "gpt_neox", family_hub[1], **{"peft.lora.target_modules": ["q_proj", "v_proj"]})
+    loaded = load_spec(spec)  # not in the cache yet: nothing to inspect
+    paths = RunPaths(tmp_path / "runs" / "checked")
+    with pytest.raises(SpecError) as error:
+        fetch_stage(loaded, paths)
+    assert "peft.lora.target_modules: ['q_proj', 'v_proj'] match no module of GPTNeoXForCausalLM" in str(error.value)
+    assert not (paths.root / "data").exists() and not (paths.root / "finetune").exists()
+    # Now in the cache, so validate itself says it.
+    with pytest.raises(SpecError, match="match no module of GPTNeoXForCausalLM"):
+        load_spec(spec)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_memory_estimate_counts_what_peft_builds(family_hub: tuple[Path, str], family: str) -> None:
+    """The estimate's parameter and adapter counts, from the meta-device model, match the real model's."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peftpipe.engines.hf.inspect import inspect_model_dir
+    from peftpipe.engines.hf.modeling import peft_config
+    from peftpipe.memory import ModelShape, trainable_parameters
+    from peftpipe.model_fit import resolved_peft
+
+    model_dir = family_hub[0] / repo_id(family)
+    layout = inspect_model_dir(model_dir)
+    shape = ModelShape.from_layout(layout)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert shape.parameters == sum(p.numel() for p in base.parameters())
+    for peft in ({"method": "lora", "r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "auto"},
+                 {"method": "ia3", "target_modules": "auto", "feedforward_modules": "auto"}):
+        peft = resolved_peft(peft, layout)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), peft_config(peft))
+        counted = trainable_parameters(shape, peft["method"], lora_rank=4, target_modules=tuple(peft["target_modules"]),
+                                       feedforward_modules=tuple(peft.get("feedforward_modules", ())))
+        assert counted == sum(p.numel() for p in model.parameters() if p.requires_grad), peft
