@@ -330,13 +330,13 @@ def categorise(kernel: str) -> str:
 
 def profile(args: argparse.Namespace, shape: dict[str, Any], device: torch.device, dtype: torch.dtype,
             which: str) -> str:
-    """Per-op CUDA time of two steps of the plain loop or of the engine (LoRA q/k/v/o)."""
+    """Per-op CUDA time of two steps of the plain loop or of the engine (the first of ``--methods``)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     report = []
-    seq, vocab, settings = args.seq, shape["vocab_size"], METHODS["lora-qkvo"]
+    seq, vocab, settings = args.seq, shape["vocab_size"], resolved_targets(shape, METHODS[args.methods[0]])
     for label, mbs in (("plain", args.profile[0]), ("engine", args.profile[1])):
         if label != which:
             continue

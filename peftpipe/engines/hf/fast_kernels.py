@@ -147,6 +147,35 @@ def liger_usable(device: torch.device) -> bool:
     return device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
 
 
+def apply_liger_rope(base: Any) -> bool:
+    """Liger's RoPE kernel for a family Liger does not patch, where its modeling module rotates halves
+    (``rotate_half`` + ``apply_rotary_pos_emb(q, k, cos, sin)``, the layout Liger implements; partial
+    rotary as in Pythia included): GPT-NeoX (OpenCALM, rinna), StableLM, Phi and alike.
+
+    Like Liger's own patches this replaces the module's function, for every model of that class in the process.
+    """
+    import sys
+
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    module = sys.modules.get(type(base).__module__)
+    original = getattr(module, "apply_rotary_pos_emb", None)
+    if original is None or not callable(getattr(module, "rotate_half", None)):
+        return False
+    if getattr(original, "peftpipe_liger", False):
+        return True
+
+    def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *args: Any,
+                             **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if args or kwargs or not q.is_cuda or cos.shape[-1] > q.shape[-1]:
+            return original(q, k, cos, sin, *args, **kwargs)
+        return liger_rotary_pos_emb(q, k, cos, sin)
+
+    apply_rotary_pos_emb.peftpipe_liger = True  # type: ignore[attr-defined]
+    module.apply_rotary_pos_emb = apply_rotary_pos_emb
+    return True
+
+
 def apply_liger(base: Any) -> bool:
     """Liger's RMSNorm, SwiGLU and RoPE kernels on a model instance; False for model types Liger lacks.
 

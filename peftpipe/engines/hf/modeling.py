@@ -22,6 +22,7 @@ import torch
 
 from peftpipe.engines.hf.fast_kernels import (
     apply_liger,
+    apply_liger_rope,
     flash_varlen_available,
     linear_cross_entropy_sum,
     liger_usable,
@@ -149,6 +150,8 @@ def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activat
     use_liger = liger_usable(device) if use_liger is None else use_liger
     if use_liger and apply_liger(base):
         features.append("liger rmsnorm/swiglu/rope")
+    elif use_liger and apply_liger_rope(base):
+        features.append(f"liger rope (Liger has no {layout.model_type} patch; its rotary layout is Llama's)")
     elif use_liger:
         features.append(f"no liger kernels for {layout.model_type}")
     attention, packing_supported = choose_attention(base, layout, device)
