@@ -267,7 +267,7 @@ def full_length(args: argparse.Namespace, shape: dict[str, Any], device: torch.d
                 seconds, tokens, _ = engine_trial(setup, [rows[i * mbs:(i + 1) * mbs] for i in range(steps)],
                                                   config, device)
                 # Liger's layer kernels apply to the families it patches (not GPT-NeoX): the estimate follows.
-                kernels = "liger" if any(f.startswith("liger") for f in setup[0].features) else "fused"
+                kernels = "liger" if any(f.startswith("liger rmsnorm") for f in setup[0].features) else "fused"
                 row = describe(seconds, tokens, mbs, kernels, settings["method"], targets)
                 row["features"] = setup[0].features
                 print(f"{variant} {name} mbs {mbs}: {'; '.join(setup[0].features)}", flush=True)
