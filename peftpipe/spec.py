@@ -212,6 +212,14 @@ class DatasetSpec(StrictModel):
 TargetModules = list[str] | Literal["auto"]
 
 
+def _names_or_auto(value: object) -> object:
+    """One clear error for a string that is not ``auto`` (instead of one per member of the union)."""
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"{value!r} is neither auto nor a list of module names. Fix: write auto or [name, ...],"
+                         f" e.g. [{value}]")
+    return value
+
+
 class LoraSpec(StrictModel):
     r: int = Field(8, gt=0, description="Rank of the update matrices.")
     alpha: float = Field(16.0, gt=0, description="Scaling numerator (scale = alpha / r).")
@@ -225,6 +233,11 @@ class LoraSpec(StrictModel):
         " records the names chosen.",
     )
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names_or_auto(cls, value: object) -> object:
+        return _names_or_auto(value)
+
 
 class Ia3Spec(StrictModel):
     target_modules: TargetModules = Field(
@@ -233,6 +246,11 @@ class Ia3Spec(StrictModel):
     feedforward_modules: TargetModules = Field(
         "auto", description="Subset of target_modules scaled on their input; auto: the MLP's down projection."
     )
+
+    @field_validator("target_modules", "feedforward_modules", mode="before")
+    @classmethod
+    def _names_or_auto(cls, value: object) -> object:
+        return _names_or_auto(value)
 
 
 class PtuningSpec(StrictModel):

@@ -40,6 +40,9 @@ BAD_SPECS = [
                   "peft.ia3.target_modules": ["k_proj", "v_proj", "down_proj"]}, (),
                  "peft.ia3.feedforward_modules: ['up_proj'] are not in target_modules", "Fix: add them",
                  id="ia3-feedforward-subset"),
+    pytest.param({"peft.lora.target_modules": "all-linear"}, (),
+                 "peft.lora.target_modules: 'all-linear' is neither auto nor a list of module names",
+                 "Fix: write auto or [name, ...]", id="target-modules-string"),
 ]
 
 

@@ -177,8 +177,10 @@ def describe_projection_paths(model: Any, groups: list[Any]) -> list[str]:
     a plain frozen nn.Linear with one plain LoRA branch fuses; Conv1D, fan_in_fan_out and the like do not)."""
     from peft.tuners.lora.layer import LoraLayer
 
+    leaves = {id(m): name.rsplit(".", 1)[-1] for name, m in model.named_modules()}
+
     def leaf(module: Any) -> str:
-        return next(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is module)
+        return leaves[id(module)]
 
     # A group whose members peft computes in its own way (Conv1D's fan_in_fan_out, dropout, ...) runs
     # each member's own forward: it counts as the plain path.
