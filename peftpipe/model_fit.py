@@ -3,7 +3,7 @@
 One check for every engine, run by ``peftpipe validate`` when the model's ``config.json`` is on
 disk (``model.path``, or a Hub model already in the cache) and again by the fetch stage right
 after the download, before any job is submitted. The model is inspected on the meta device
-(``peftpipe.engines.hf.inspect``); this module itself is pure.
+(``peftpipe.engines.hf.model_inspect``); this module itself is pure.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def check_family(spec: RunSpec, layout: ModelLayout) -> list[SpecIssue]:
 
 def model_issues(spec: RunSpec, config: dict[str, Any]) -> tuple[ModelLayout | None, list[SpecIssue]]:
     """The model's layout and every problem of the spec with it (an unsupported model included)."""
-    from peftpipe.engines.hf.inspect import UnsupportedModel, inspect_config
+    from peftpipe.engines.hf.model_inspect import UnsupportedModel, inspect_config
     from peftpipe.validation import SpecIssue
 
     try:

@@ -46,9 +46,9 @@ def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool],
     """GiB per GPU for (micro batch, activation checkpointing) of this spec's model and method.
 
     The shape is read from the model built on the meta device from ``model_config``
-    (``peftpipe.engines.hf.inspect``), so every family's projections and parameters count as they are.
+    (``peftpipe.engines.hf.model_inspect``), so every family's projections and parameters count as they are.
     """
-    from peftpipe.engines.hf.inspect import inspect_config
+    from peftpipe.engines.hf.model_inspect import inspect_config
 
     layout = inspect_config(model_config)
     shape = ModelShape.from_layout(layout)
@@ -119,7 +119,7 @@ def model_config(spec: RunSpec, model_path: Path) -> dict | None:
     """The model's config.json when the estimate can use it (a model transformers builds, a method it models)."""
     if spec.engine != "hf" or spec.peft.method not in ("lora", "ia3", "ptuning"):
         return None
-    from peftpipe.engines.hf.inspect import UnsupportedModel, inspect_config
+    from peftpipe.engines.hf.model_inspect import UnsupportedModel, inspect_config
 
     try:
         config = json.loads((model_path / "config.json").read_text())
