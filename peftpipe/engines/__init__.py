@@ -45,7 +45,6 @@ look an engine up while the engine imports the core, without a circle.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,16 +52,13 @@ from peftpipe.engines.registry import ENGINES
 
 if TYPE_CHECKING:
     from peftpipe.artifacts_s3 import S3Access
-    from peftpipe.backends import Backend, StageCommand
+    from peftpipe.backends import Backend, LineSink, StageCommand, StopRule
     from peftpipe.hub.fetch import FetchedModel
     from peftpipe.paths import RunPaths
     from peftpipe.results import TrainResult
     from peftpipe.retry import AttemptSettings
     from peftpipe.spec import LoadedSpec, RunSpec
     from peftpipe.spec_issues import SpecIssue
-
-LineSink = Callable[[str], None]
-StopRule = Callable[[str], "str | None"]
 
 
 
