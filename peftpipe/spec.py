@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from peftpipe.engines.registry import ENGINES
+from peftpipe.engine_registry import ENGINES
 from peftpipe.spec_base import StrictModel
 from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is where callers look
     SECRET_ENV_NAMES,
@@ -27,7 +27,7 @@ from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is wh
 )
 from peftpipe.spec_nemo import NemoSpec
 
-# The registered engines' names (peftpipe/engines/registry.py): a new engine needs no edit here.
+# The registered engines' names (peftpipe/engine_registry.py): a new engine needs no edit here.
 EngineName = Literal[tuple(ENGINES)]  # type: ignore[valid-type]
 
 

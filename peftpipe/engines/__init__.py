@@ -8,7 +8,7 @@ Adding an engine
 1. A folder ``peftpipe/engines/<name>/`` holding the engine's own code: its stage functions
    (``stages.py``), how it renders commands, and a module ``engine.py`` whose ``ENGINE`` is an
    object with the methods of :class:`Engine` below.
-2. One line in ``ENGINES`` (``peftpipe/engines/registry.py``):
+2. One line in ``ENGINES`` (``peftpipe/engine_registry.py``):
    ``"<name>": "peftpipe.engines.<name>.engine"``.
 
 The spec's ``engine`` field accepts the names in ``ENGINES``. What an engine must provide:
@@ -48,7 +48,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from peftpipe.engines.registry import ENGINES
+from peftpipe.engine_registry import ENGINES
 
 if TYPE_CHECKING:
     from peftpipe.artifacts_s3 import S3Access
