@@ -107,13 +107,13 @@ def build_base(shape: dict[str, Any], device: torch.device, dtype: torch.dtype, 
 
 def model_shape(shape: dict[str, Any]) -> ModelShape:
     """The estimate's shape, from the meta-device model as the preflight reads it."""
-    from peftpipe.engines.hf.model_inspect import inspect_config
+    from peftpipe.model_inspect import inspect_config
 
     return ModelShape.from_layout(inspect_config(model_config(shape).to_dict()))
 
 
 def resolved_targets(shape: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    from peftpipe.engines.hf.model_inspect import inspect_config
+    from peftpipe.model_inspect import inspect_config
     from peftpipe.model_fit import resolved_peft
 
     return resolved_peft(settings, inspect_config(model_config(shape).to_dict()))

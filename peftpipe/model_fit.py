@@ -3,7 +3,7 @@
 One check for every engine, run by ``peftpipe validate`` when the model's ``config.json`` is on
 disk (``model.path``, or a Hub model already in the cache) and again by the fetch stage right
 after the download, before any job is submitted. The model is inspected on the meta device
-(``peftpipe.engines.hf.model_inspect``); this module itself is pure.
+(``peftpipe.model_inspect``); this module itself is pure.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peftpipe.spec_issues import SpecError, SpecIssue
 from peftpipe.model_layout import (
     AUTO,
     ModelLayout,
@@ -23,7 +24,6 @@ from peftpipe.model_layout import (
 
 if TYPE_CHECKING:
     from peftpipe.spec import LoadedSpec, RunSpec
-    from peftpipe.validation import SpecIssue
 
 
 def resolved_peft(peft: dict[str, Any], layout: ModelLayout) -> dict[str, Any]:
@@ -48,19 +48,17 @@ def check_target_modules(spec: RunSpec, layout: ModelLayout | None) -> list[Spec
     mlp_fc1, mlp_fc2, which every converted model has) or HF names that map onto them, with q/k/v and
     gate/up only as whole groups; this needs no layout.
     """
-    from peftpipe.validation import SpecIssue
 
     peft = spec.peft
     if spec.engine == "nemo":
-        from peftpipe.engines.nemo.errors import NemoSpecError
         from peftpipe.engines.nemo.finetune import lora_target_modules
 
         if peft.method != "lora":
             return []
         try:
             lora_target_modules(peft.lora.target_modules)
-        except NemoSpecError as error:
-            return [SpecIssue(error.field, error.problem, error.fix)]
+        except SpecError as error:
+            return list(error.issues)
         return []
     if layout is None:
         return []
@@ -81,9 +79,7 @@ def check_target_modules(spec: RunSpec, layout: ModelLayout | None) -> list[Spec
                                     " stop the job with 'Target modules ... not found'",
                                     f"use auto, or names from: {target_hint(layout)}"))
     if peft.method == "ia3" and not issues:
-        from peftpipe.engines.hf.command import peft_settings
-
-        ia3 = resolved_peft(peft_settings(spec), layout)
+        ia3 = resolved_peft({"method": "ia3", **peft.ia3.model_dump()}, layout)
         extra = [m for m in ia3["feedforward_modules"] if m not in ia3["target_modules"]]
         if extra:
             issues.append(SpecIssue("peft.ia3.feedforward_modules", f"{extra} are not in target_modules"
@@ -93,7 +89,6 @@ def check_target_modules(spec: RunSpec, layout: ModelLayout | None) -> list[Spec
 
 def check_family(spec: RunSpec, layout: ModelLayout) -> list[SpecIssue]:
     """What the hf engine cannot train in this family, said before anything runs."""
-    from peftpipe.validation import SpecIssue
 
     issues = []
     if spec.engine == "hf" and spec.peft.method == "lora" and spec.peft.lora.target_modules == AUTO \
@@ -105,8 +100,7 @@ def check_family(spec: RunSpec, layout: ModelLayout) -> list[SpecIssue]:
 
 def model_issues(spec: RunSpec, config: dict[str, Any]) -> tuple[ModelLayout | None, list[SpecIssue]]:
     """The model's layout and every problem of the spec with it (an unsupported model included)."""
-    from peftpipe.engines.hf.model_inspect import UnsupportedModel, inspect_config
-    from peftpipe.validation import SpecIssue
+    from peftpipe.model_inspect import UnsupportedModel, inspect_config
 
     try:
         layout = inspect_config(config)

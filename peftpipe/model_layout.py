@@ -1,6 +1,6 @@
 """What peftpipe needs to know about a model's architecture, read from the model itself (pure: no torch).
 
-A :class:`ModelLayout` is produced by ``peftpipe.engines.hf.model_inspect`` from the model built on the
+A :class:`ModelLayout` is produced by ``peftpipe.model_inspect`` from the model built on the
 meta device from its ``config.json`` (no weights), so the memory estimate, the choice of LoRA
 target modules and the check of explicit target modules work for every family transformers can
 build: Llama-style separate ``q_proj``/``k_proj``/``v_proj``, GPT-NeoX's and Falcon's fused

@@ -46,9 +46,9 @@ def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool],
     """GiB per GPU for (micro batch, activation checkpointing) of this spec's model and method.
 
     The shape is read from the model built on the meta device from ``model_config``
-    (``peftpipe.engines.hf.model_inspect``), so every family's projections and parameters count as they are.
+    (``peftpipe.model_inspect``), so every family's projections and parameters count as they are.
     """
-    from peftpipe.engines.hf.model_inspect import inspect_config
+    from peftpipe.model_inspect import inspect_config
 
     layout = inspect_config(model_config)
     shape = ModelShape.from_layout(layout)
@@ -93,9 +93,8 @@ def choose_micro_batch(spec: RunSpec, model_config: dict, gpu_memory_gib: float)
 
 
 def _method_options(spec: RunSpec, layout: ModelLayout) -> dict:
-    from peftpipe.engines.hf.command import peft_settings
-
-    peft = resolved_peft(peft_settings(spec), layout)
+    method = spec.peft.method
+    peft = resolved_peft({"method": method, **getattr(spec.peft, method).model_dump()}, layout)
     if peft["method"] == "lora":
         return {"method": "lora", "lora_rank": peft["r"], "target_modules": tuple(peft["target_modules"])}
     if peft["method"] == "ia3":
@@ -116,10 +115,13 @@ def gpu_memory_gib(spec: RunSpec) -> float | None:
 
 
 def model_config(spec: RunSpec, model_path: Path) -> dict | None:
-    """The model's config.json when the estimate can use it (a model transformers builds, a method it models)."""
-    if spec.engine != "hf" or spec.peft.method not in ("lora", "ia3", "ptuning"):
+    """The model's config.json when the estimate can use it (a model transformers builds, a method it models).
+
+    Only for engines whose ``memory_model`` says this estimate describes them (the flow asks).
+    """
+    if spec.peft.method not in ("lora", "ia3", "ptuning"):
         return None
-    from peftpipe.engines.hf.model_inspect import UnsupportedModel, inspect_config
+    from peftpipe.model_inspect import UnsupportedModel, inspect_config
 
     try:
         config = json.loads((model_path / "config.json").read_text())

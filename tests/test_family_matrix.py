@@ -205,7 +205,7 @@ def test_memory_estimate_counts_what_peft_builds(family_hub: tuple[Path, str], f
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from peftpipe.engines.hf.model_inspect import inspect_model_dir
+    from peftpipe.model_inspect import inspect_model_dir
     from peftpipe.engines.hf.modeling import peft_config
     from peftpipe.memory import ModelShape, trainable_parameters
     from peftpipe.model_fit import resolved_peft

@@ -116,7 +116,7 @@ MEASURED_FAMILIES = [
 @pytest.mark.parametrize(("config", "targets", "kernels", "micro_batch_size", "measured"), MEASURED_FAMILIES)
 def test_estimate_from_the_meta_model_is_within_15_percent_for_other_families(
         config: dict, targets: tuple, kernels: str, micro_batch_size: int, measured: float) -> None:
-    from peftpipe.engines.hf.model_inspect import inspect_config
+    from peftpipe.model_inspect import inspect_config
 
     shape = ModelShape.from_layout(inspect_config(config))
     estimate = estimate_memory(shape, 2048, micro_batch_size, kernels=kernels, target_modules=targets,

@@ -30,7 +30,7 @@ from peftpipe.engines.hf.fast_kernels import (
     register_attention,
 )
 from peftpipe.engines.hf.fused_projections import fuse_projections, projection_of
-from peftpipe.engines.hf.model_inspect import layout_of
+from peftpipe.model_inspect import layout_of
 from peftpipe.model_fit import resolved_peft
 from peftpipe.model_layout import ModelLayout
 from peftpipe.engines.hf.packing import Example, collate, label_tokens, plan_padded
