@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from peftpipe.cli import app
+from cli.app import app
 from tests.conftest import REPO
 
 runner = CliRunner()
