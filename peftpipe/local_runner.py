@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftpipe.interrupts import raise_if_interrupted
+from peftpipe.secret_env import without_credentials
 
-# Credentials are for the processes that download and upload; job processes never see them.
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,8 @@ class ProcessResult:
 
 
 def job_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    """This process's environment less credentials: they are for the processes that download and upload."""
+    env = without_credentials(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

@@ -7,12 +7,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from peftpipe.secret_env import env_name_problem
 from peftpipe.spec_base import StrictModel
 
 MEMORY_PATTERN = re.compile(r"^(\d+)([MG])$")
 TIME_PATTERN = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
-SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                    "AWS_ACCESS_KEY_ID")
 
 
 def memory_mb(text: str) -> int:
@@ -92,9 +91,12 @@ class SlurmSpec(StrictModel):
     @classmethod
     def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if name.upper() in SECRET_ENV_NAMES or re.search(r"TOKEN|SECRET|PASSWORD", name.upper()):
-                raise ValueError(f"{name} looks like a secret and would be written into job scripts. Fix: keep it"
-                                 " in a Prefect Secret block or the worker's environment")
+            problem = env_name_problem(name)
+            if problem and "credential" in problem:
+                raise ValueError(f"{name} {problem} and would be written into job scripts. Fix: keep it in a"
+                                 " Prefect Secret block or the worker's environment")
+            if problem:
+                raise ValueError(f"{name!r} {problem}. Fix: rename it, e.g. MY_SETTING")
         return env
 
 
