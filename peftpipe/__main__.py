@@ -1,3 +1,3 @@
-from peftpipe.cli import app
+from peftpipe.cli import main
 
-app()
+main()

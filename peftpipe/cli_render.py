@@ -33,12 +33,13 @@ def render(
     = None,
 ) -> None:
     """Print the command or Slurm batch script a stage would run for SPEC."""
-    from peftpipe.cli import _load_or_exit, _parse_overrides, errors
+    from peftpipe.cli import _load_or_exit, _parse_overrides, checked_run_id_option, errors
     from peftpipe.stages import run_paths
 
     if stage not in ("convert", "finetune", "evaluate"):
         errors.print(f"--stage {stage!r}: expected convert, finetune or evaluate")
         raise typer.Exit(2)
+    run_id = checked_run_id_option(run_id)
     loaded = _load_or_exit(spec, _parse_overrides(set_))
     run_id = run_id or f"{loaded.spec.name}-render"
     paths = run_paths(loaded, run_id)
