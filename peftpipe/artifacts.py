@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from peftpipe.hashing import sha256_file
 from peftpipe.manifests import checked_manifest
-from peftpipe.safe_names import check_store_key, check_store_prefix, inside, is_run_id
+from peftpipe.safe_names import check_run_id, check_store_key, check_store_prefix, inside, is_run_id
 
 if TYPE_CHECKING:
     from peftpipe.artifacts_s3 import S3Access
@@ -49,7 +49,10 @@ class ChecksumMismatch(ArtifactStoreError):
 
 
 def checked_location(run_id: str, key: str = "") -> None:
-    """Refuse a run id or key that could leave the store's run (every store method calls this first)."""
+    """Refuse a run id or key that could leave the store's run (every store method calls this first).
+
+    The store's own records (``_promoted``) pass here; methods about runs (manifests) take run ids only.
+    """
     check_store_prefix(run_id)
     if key:
         check_store_key(run_id, key)
@@ -103,7 +106,7 @@ class FileArtifactStore:
         return StoredObject(key, target.stat().st_size, sha256_file(target))
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
-        checked_location(run_id)
+        check_run_id(run_id)
         target = self.root / run_id / MANIFEST
         partial = target.with_name(f".{MANIFEST}.partial")
         partial.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
@@ -111,7 +114,7 @@ class FileArtifactStore:
         return self.url(run_id, MANIFEST)
 
     def read_manifest(self, run_id: str) -> dict[str, Any] | None:
-        checked_location(run_id)
+        check_run_id(run_id)
         target = self.root / run_id / MANIFEST
         return checked_manifest(run_id, target.read_bytes(), self.url(run_id, MANIFEST)) if target.is_file() else None
 
@@ -182,7 +185,8 @@ def restore(store: ArtifactStore, run_id: str, name: str, dest: Path) -> list[Pa
     under the directory ``dest``. Each file is checked against the manifest's size and sha256
     before it appears at its destination; a file already there with that sha256 is kept.
     """
-    checked_location(run_id, name.strip("/"))
+    check_run_id(run_id)
+    check_store_key(run_id, name.strip("/"))
     manifest = store.read_manifest(run_id)  # checked: every key is relative and stays below its run
     if manifest is None:
         raise RunIncomplete(f"run {run_id!r} has no {MANIFEST} at {store.url(run_id)}: it is not published"

@@ -27,7 +27,7 @@ from peftpipe.artifacts import (
     MANIFEST, ArtifactStoreError, Progress, StoredObject, StoreUnavailable, checked_location, sha256_file,
 )
 from peftpipe.manifests import checked_manifest
-from peftpipe.safe_names import is_run_id
+from peftpipe.safe_names import check_run_id, is_run_id
 from peftpipe.spec import S3StoreSpec
 
 MIB = 1 << 20
@@ -110,6 +110,7 @@ class S3ArtifactStore:
         return StoredObject(key, size, sha256)
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        check_run_id(run_id)
         body = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
         with self._errors(self.url(run_id, MANIFEST)):
             self.client.put_object(Bucket=self.bucket, Key=self.key_for(run_id, MANIFEST), Body=body,
@@ -117,6 +118,7 @@ class S3ArtifactStore:
         return self.url(run_id, MANIFEST)
 
     def read_manifest(self, run_id: str) -> dict[str, Any] | None:
+        check_run_id(run_id)
         with self._errors(self.url(run_id, MANIFEST)):
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=self.key_for(run_id, MANIFEST))

@@ -67,9 +67,9 @@ def key_problem(key: object) -> str | None:
         return "holds a backslash"
     if key.startswith("/"):
         return "is an absolute path"
-    if _DRIVE.match(key):
-        return "starts with a drive letter"
     parts = key.split("/")
+    if any(_DRIVE.match(part) for part in parts):  # a drive anywhere: joined on Windows, it restarts the path
+        return "has a drive letter (C:)"
     if any(part == "" for part in parts):
         return "has an empty path segment (`//` or a trailing `/`)"
     if any(part in (".", "..") for part in parts):

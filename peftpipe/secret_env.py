@@ -31,7 +31,7 @@ def env_name_problem(name: str) -> str | None:
     if not ENV_NAME_PATTERN.match(name):
         return "is not a variable name (letters, digits and _, not starting with a digit)"
     if is_credential_name(name):
-        return f"looks like a credential (names like {', '.join(CREDENTIAL_PATTERNS)})"
+        return f"looks like a secret (credential names: {', '.join(CREDENTIAL_PATTERNS)})"
     return None
 
 

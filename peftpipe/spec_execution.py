@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from peftpipe.secret_env import env_name_problem
+from peftpipe.secret_env import env_name_problem, is_credential_name
 from peftpipe.spec_base import StrictModel
 
 MEMORY_PATTERN = re.compile(r"^(\d+)([MG])$")
@@ -92,7 +92,7 @@ class SlurmSpec(StrictModel):
     def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
             problem = env_name_problem(name)
-            if problem and "credential" in problem:
+            if problem and is_credential_name(name):
                 raise ValueError(f"{name} {problem} and would be written into job scripts. Fix: keep it in a"
                                  " Prefect Secret block or the worker's environment")
             if problem:
