@@ -44,7 +44,7 @@ def _store(store: str | None, spec: Path | None, endpoint_url: str | None, crede
         settings = _spec_settings(spec)
     url = store or (settings.store if spec is not None else os.environ.get(STORE_ENV))
     if not url:
-        errors.print(f"no artifact store: pass --store URL or --spec SPEC, or set {STORE_ENV}.")
+        errors.print(f"no artifact store: pass --store URL or --spec SPEC, or set {STORE_ENV}.", soft_wrap=True)
         raise typer.Exit(2)
     try:
         settings = ArtifactsSpec(store=url, s3=settings.s3)  # validates the URL
@@ -160,6 +160,6 @@ def promoted(
     except (ArtifactStoreError, ValueError) as error:
         raise _fail(error) from None
     if pointer is None:
-        errors.print(f"spec {name!r} has no promoted adapter in this store.", markup=False, highlight=False)
+        errors.print(f"spec {name!r} has no promoted adapter in this store.", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     print(json.dumps(pointer, indent=2))

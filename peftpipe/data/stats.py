@@ -56,7 +56,12 @@ def token_stats(path: Path, model_path: Path, max_seq_length: int, prompt_templa
     """Count the records of ``path`` and the token-length percentiles of their parts."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    except Exception as error:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for a bad directory
+        raise DatasetError(f"{model_path}: no tokenizer could be loaded ({type(error).__name__}:"
+                           f" {' '.join(str(error).split())[:300]}). Fix: pass the model directory that holds"
+                           " tokenizer.json or tokenizer_config.json.") from None
     prefix = prompt_template[: prompt_template.rindex("{output}")]
     prompts: list[int] = []
     outputs: list[int] = []
