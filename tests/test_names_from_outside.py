@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from peftpipe import stages
-from peftpipe.safe_names import is_run_id
 from peftpipe.validation import SpecError, load_spec
 from tests.conftest import TINY_REPO_ID, write_spec
 
@@ -28,6 +27,8 @@ def peftpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_generated_run_ids_follow_the_rule() -> None:
+    from peftpipe.safe_names import is_run_id
+
     run_id = stages.new_run_id("a" * 63)
     eval_id = stages.new_run_id(f"{run_id}-eval")
     assert is_run_id(run_id) and is_run_id(eval_id) and is_run_id(f"{eval_id}-incumbent")
