@@ -55,7 +55,8 @@ def _field_mapping(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in ("input", "output", "metadata"):
-            errors.print(f"--field {pair!r}: expected input=TEMPLATE, output=FIELD or metadata=A,B", markup=False, soft_wrap=True)
+            errors.print(f"--field {pair!r}: expected input=TEMPLATE, output=FIELD or metadata=A,B", markup=False,
+                         soft_wrap=True)
             raise typer.Exit(INVALID_OPTIONS_EXIT)
         mapping[key] = [v for v in value.split(",") if v] if key == "metadata" else _unescape(value)
     return mapping
