@@ -143,7 +143,8 @@ def run_case(work: Path, command: str, args: list[str]) -> subprocess.CompletedP
     try:
         return subprocess.run(argv, capture_output=True, text=True, cwd=work, env=env, timeout=60)
     except subprocess.TimeoutExpired as error:  # e.g. a server that started on bad input and kept serving
-        return subprocess.CompletedProcess(argv, -1, error.stdout or "", f"still running after {error.timeout} s")
+        output = error.stdout.decode(errors="replace") if isinstance(error.stdout, bytes) else error.stdout or ""
+        return subprocess.CompletedProcess(argv, -1, output, f"still running after {error.timeout} s")
 
 
 def test_every_sub_command_has_broken_input_cases(tmp_path: Path) -> None:
