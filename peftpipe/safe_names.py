@@ -17,8 +17,8 @@ SPEC_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # No `_` (the store's own records start with it), no `.` (so no `..`), no `/`.
 RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,159}$")
 RUN_ID_RULE = "lowercase letters, digits and dashes, starting with a letter or digit, at most 160 characters"
-# The store's own top-level records (promotion pointers); never a run.
-RESERVED_PREFIXES = ("_promoted", "_retune")
+# The store's own top-level records (``_promoted``, ``_retune``): `_` and a slug; never a run.
+STORE_RECORD_PATTERN = re.compile(r"^_[a-z][a-z0-9-]{0,62}$")
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -46,8 +46,8 @@ def check_run_id(run_id: object, where: str = "run id") -> str:
 
 def check_store_prefix(prefix: object) -> str:
     """A store's top-level name: a run id, or one of the store's own record prefixes."""
-    if prefix in RESERVED_PREFIXES:
-        return prefix  # type: ignore[return-value]
+    if isinstance(prefix, str) and STORE_RECORD_PATTERN.match(prefix):
+        return prefix
     return check_run_id(prefix, "store run id")
 
 
