@@ -14,7 +14,7 @@ from typing import Any
 
 from peftpipe.safe_names import key_problem
 
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}\Z")
 REPUBLISH = "Fix: republish the run (peftpipe run --run-id RUN), or remove the run from the store."
 
 

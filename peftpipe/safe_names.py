@@ -12,13 +12,13 @@ import re
 from pathlib import Path, PurePosixPath
 
 # A spec name: lowercase letters, digits and dashes, starting with a letter or digit (max 63).
-SPEC_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SPEC_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 # A run id: a spec name plus a suffix in the same alphabet (``<name>-<UTC time>``, ``<run>-eval-<time>``).
-# No `_` (the store's own records start with it), no `.` (so no `..`), no `/`.
-RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,159}$")
+# No `_` (the store's own records start with it), no `.` (so no `..`), no `/`; `\Z`: `$` would let a final newline in.
+RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,159}\Z")
 RUN_ID_RULE = "lowercase letters, digits and dashes, starting with a letter or digit, at most 160 characters"
 # The store's own top-level records (``_promoted``, ``_retune``): `_` and a slug; never a run.
-STORE_RECORD_PATTERN = re.compile(r"^_[a-z][a-z0-9-]{0,62}$")
+STORE_RECORD_PATTERN = re.compile(r"^_[a-z][a-z0-9-]{0,62}\Z")
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 
 # What a shell accepts as a variable name; anything else in `export NAME=...` is shell code.
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Credential names, for messages; CREDENTIAL_NAME below is the same list as one expression.
 CREDENTIAL_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*", "*API_KEY*", "*APIKEY*",
                        "*ACCESS_KEY*", "*PRIVATE_KEY*", "*_KEY", "*_KEY_ID", "AWS_*")

@@ -54,7 +54,7 @@ def test_ordinary_settings_pass_and_the_same_list_filters_job_environments(
 
 
 @pytest.mark.parametrize("name", ["A=1; touch {marker}; B", "X$(touch {marker})", "Y`touch {marker}`", "1ST",
-                                  "A B", "A-B", ""])
+                                  "A B", "A-B", "", "NEWLINE_AT_END\n"])
 def test_an_env_name_that_is_not_a_variable_is_refused_by_validation(tmp_path: Path, name: str) -> None:
     hostile = name.format(marker=tmp_path / "PWNED")
     with pytest.raises(SpecError) as refused:

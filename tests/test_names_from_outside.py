@@ -18,7 +18,8 @@ from peftpipe import stages
 from peftpipe.validation import SpecError, load_spec
 from tests.conftest import TINY_REPO_ID, write_spec
 
-HOSTILE_RUN_IDS = ["../../ESCAPED", "_promoted", "/tmp/abs", "a/b", "UPPER", "dots..", "-leading-dash", "x" * 161]
+HOSTILE_RUN_IDS = ["../../ESCAPED", "_promoted", "/tmp/abs", "a/b", "UPPER", "dots..", "-leading-dash", "x" * 161,
+                   "newline-at-end\n"]
 
 
 def peftpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
