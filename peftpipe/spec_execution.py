@@ -23,6 +23,11 @@ def memory_mb(text: str) -> int:
     return number * 1024 if unit == "G" else number
 
 
+def memory_text(mb: int) -> str:
+    """Megabytes as Slurm's ``--mem`` takes them, exactly: ``4096`` -> ``4G``, ``4000`` -> ``4000M``."""
+    return f"{mb // 1024}G" if mb % 1024 == 0 else f"{mb}M"
+
+
 def time_limit_s(text: str) -> int:
     match = TIME_PATTERN.match(text)
     if match is None:

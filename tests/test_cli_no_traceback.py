@@ -25,7 +25,7 @@ MAX_ERROR_LINES = 4  # `validate` prints a header and one line per problem; the 
 def sub_commands() -> set[str]:
     import typer.main
 
-    from peftpipe.cli import app
+    from cli.app import app
 
     def leaves(command, prefix: tuple[str, ...]) -> list[str]:  # noqa: ANN001 - a click command
         if hasattr(command, "commands"):

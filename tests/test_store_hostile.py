@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from peftpipe.artifacts import MANIFEST, ArtifactStore, ArtifactStoreError, open_store, publish_directory, restore
+from peftpipe.artifacts import MANIFEST, ArtifactStore, ArtifactStoreError, publish_directory, restore
 from peftpipe.artifacts_s3 import S3Access
 from peftpipe.promotion import read_promoted
 from peftpipe.spec import S3StoreSpec
+from peftpipe.stores import open_store
 from tests.s3_fixtures import BUCKET, SeaweedS3
 
 PAYLOAD = b"hostile bytes\n"
