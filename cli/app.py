@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.artifacts import app as artifacts_app
+from cli.comparison import print_base_vs_adapter
 from cli.data import data_app
 from cli.render import render
 from cli.specs import SetOption, errors, load_or_exit, parse_overrides
@@ -57,6 +58,7 @@ def run(
         duration = f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"
         table.add_row(row.name, row.state, duration, _key_figures(row.name, summary))
     console.print(table)
+    print_base_vs_adapter(console, summary.get("metrics") or {})
     console.print(f"run directory: {summary.get('run_dir', '-')}")
     console.print(f"manifest: {summary.get('manifest_url', '-')}")
     console.print(f"Prefect UI: {flow_run_url(flow_run_id)}")
