@@ -44,6 +44,10 @@ def test_finetune_flow_end_to_end(tmp_path: Path, hub_endpoint: str, prefect_api
     for key in ("exact_match", "exact_match_normalized", "f1"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["loss"] > 0
+    # The spec's first run scores the base model on the same records; the adapter is visibly applied.
+    assert metrics["baseline"]["records"] == metrics["records"]
+    assert metrics["delta"]["loss"] == pytest.approx(metrics["loss"] - metrics["baseline"]["loss"])
+    assert metrics["predictions_changed_by_adapter"] > 0 or metrics["delta"]["loss"] != 0
     assert summary["train"]["final_step"] == 12
 
     store = tmp_path / "store" / "e2e-run"
