@@ -13,6 +13,7 @@ from rich.table import Table
 from cli.artifacts import app as artifacts_app
 from cli.comparison import print_base_vs_adapter
 from cli.data import data_app
+from cli.generate import generate
 from cli.render import render
 from cli.specs import SetOption, errors, load_or_exit, parse_overrides
 
@@ -21,6 +22,7 @@ hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=Tru
 app.add_typer(hub_app, name="hub")
 app.add_typer(data_app, name="data")
 app.command()(render)
+app.command()(generate)
 app.add_typer(artifacts_app, name="artifacts")
 console = Console()
 
