@@ -25,7 +25,14 @@ def generate(
     from peftpipe.artifacts import ArtifactStoreError, restore
     from peftpipe.hub.fetch import fetch_model, use_local_model
 
+    from peftpipe.engines import engine_for
+
     loaded = load_or_exit(spec, {})
+    engine = engine_for(loaded.spec.engine)
+    if not hasattr(engine, "answer"):
+        errors.print(f"generate: engine {loaded.spec.engine} publishes no HF PEFT adapter folder; only hf adapters"
+                     " can be tried.")
+        raise typer.Exit(2)
     records = [{"input": text} for text in prompt or []]
     if file is not None:
         records += [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -48,11 +55,9 @@ def generate(
             cache = Path(model.cache_dir).expanduser() if model.cache_dir else None
             base = fetch_model(config["base_model_name_or_path"], config.get("revision") or model.revision,
                                cache_dir=cache, endpoint=model.endpoint, token=os.environ.get("HF_TOKEN")).path
-        from peftpipe.engines.hf.chat import answer
-
         evaluation = loaded.spec.evaluation
         new_tokens = tokens or evaluation.tokens_to_generate
-        preds = answer(base, adapter, records, loaded.spec.dataset.prompt_template,
+        preds = engine.answer(base, adapter, records, loaded.spec.dataset.prompt_template,
                        loaded.spec.train.max_seq_length + new_tokens, new_tokens, evaluation.batch_size)
     for record, pred in zip(records, preds):
         print(json.dumps({"input": record["input"], "pred": pred}, ensure_ascii=False))

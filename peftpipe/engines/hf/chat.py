@@ -9,17 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from peftpipe.engines.hf.generate import _generate_batch, _prompt_ids
-from peftpipe.engines.hf.modeling import load_base_model, resolve_precision
-
 
 def answer(model_path: Path, adapter_dir: Path, records: list[dict[str, Any]], prompt_template: str,
            max_seq_length: int, tokens_to_generate: int, batch_size: int = 8) -> list[str]:
     """The adapter's greedy answer to each record (its ``input`` and any other template keys)."""
+    import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
+
+    from peftpipe.engines.hf.generate import _generate_batch, _prompt_ids
+    from peftpipe.engines.hf.modeling import load_base_model, resolve_precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision("auto")
