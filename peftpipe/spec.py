@@ -15,9 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from peftpipe.engine_registry import ENGINES
+from peftpipe.safe_names import SPEC_NAME_PATTERN, repo_id_problem, revision_problem
 from peftpipe.spec_base import StrictModel
 from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is where callers look
-    SECRET_ENV_NAMES,
     ContainerSpec,
     ExecutionSpec,
     SlurmSpec,
@@ -46,6 +46,24 @@ class ModelSource(StrictModel):
         description="Prefect Secret block holding the Hub token (for gated or private repos); if no such"
         " block exists, HF_TOKEN in the worker's environment is used. Never put the token itself in a spec.",
     )
+
+    @field_validator("repo_id")
+    @classmethod
+    def _hub_repo_id(cls, repo_id: str | None) -> str | None:
+        problem = repo_id_problem(repo_id) if repo_id is not None else None
+        if problem:
+            raise ValueError(f"{repo_id!r} is not a Hub repository id: {problem}. Fix: write it as namespace/name,"
+                             " e.g. meta-llama/Llama-3.2-1B")
+        return repo_id
+
+    @field_validator("revision")
+    @classmethod
+    def _hub_revision(cls, revision: str) -> str:
+        problem = revision_problem(revision)
+        if problem:
+            raise ValueError(f"{revision!r} is not a branch, tag or commit sha: it {problem}. Fix: use a name the"
+                             " repository has, e.g. main or a 40-character commit sha")
+        return revision
 
 
 class Split(StrictModel):
@@ -367,9 +385,6 @@ class ArtifactsSpec(StrictModel):
         return url
 
 
-RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
 class RunSpec(StrictModel):
     """Everything one fine-tuning run needs, validated before anything starts."""
 
@@ -389,7 +404,7 @@ class RunSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _name_is_slug(cls, name: str) -> str:
-        if not RUN_ID_PATTERN.match(name):
+        if not SPEC_NAME_PATTERN.match(name):
             raise ValueError(
                 f"{name!r} is not a valid run name. Fix: use lowercase letters, digits and dashes (max 63)."
             )

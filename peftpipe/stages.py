@@ -24,6 +24,7 @@ from peftpipe.engines import engine_for
 from peftpipe.hub.adapter_reference import point_at_hub
 from peftpipe.hub.fetch import DEFAULT_TOKEN_HINT, FetchedModel, fetch_model, use_local_model
 from peftpipe.paths import RunPaths
+from peftpipe.safe_names import check_run_id
 from peftpipe.spec import LoadedSpec
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def new_run_id(name: str, now: datetime | None = None) -> str:
 
 
 def run_paths(loaded: LoadedSpec, run_id: str) -> RunPaths:
+    check_run_id(run_id)  # the run directory must stay inside the workdir
     return RunPaths(Path(loaded.spec.workdir).expanduser().resolve() / run_id)
 
 

@@ -40,11 +40,20 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
     """
     spec_path = Path(path)
     if not spec_path.is_file():
-        raise SpecError([SpecIssue("spec", f"{spec_path} does not exist", "pass the path of a run spec YAML file")])
+        problem = "is a directory" if spec_path.is_dir() else "does not exist"
+        raise SpecError([SpecIssue("spec", f"{spec_path} {problem}", "pass the path of a run spec YAML file")])
     try:
         raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise SpecError([SpecIssue("spec", f"{spec_path} is not valid YAML ({error})", "correct the YAML syntax")])
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        raise SpecError([SpecIssue("spec", f"{spec_path} is not valid YAML{where} ({problem})",
+                                   "correct the YAML syntax")]) from None
+    except (UnicodeDecodeError, RecursionError) as error:
+        problem = "nested too deeply" if isinstance(error, RecursionError) else f"not UTF-8 ({error.reason})"
+        raise SpecError([SpecIssue("spec", f"{spec_path} cannot be read: {problem}",
+                                   "save the spec as UTF-8 YAML of ordinary depth")]) from None
     if not isinstance(raw, dict):
         raise SpecError([SpecIssue("spec", f"{spec_path} holds no mapping", "write the spec as `key: value` pairs")])
     raw = _merged_under(defaults or {}, raw)
