@@ -131,9 +131,12 @@ def tiny_model(
     out_dir: Path,
     corpus: Annotated[list[Path], typer.Option(help="JSON/JSONL/text files the tokenizer is trained on.")],
     vocab_size: int = 1024,
+    family: Annotated[str, typer.Option(help="Model family: llama, mistral, qwen2, qwen3, gemma, gemma2,"
+                                        " gemma3_text, phi3, gpt_neox, gpt2, falcon, stablelm, mixtral,"
+                                        " qwen2_moe.")] = "llama",
 ) -> None:
-    """Build a tiny random-weight Llama and its tokenizer in OUT_DIR (no download)."""
-    from peftpipe.tiny_model import build_tiny_llama, corpus_from_files
+    """Build a tiny random-weight model of a family (default Llama) and its tokenizer in OUT_DIR (no download)."""
+    from peftpipe.tiny_model import FAMILIES, build_tiny_model, corpus_from_files
 
     try:
         texts = list(corpus_from_files(corpus))
@@ -142,8 +145,12 @@ def tiny_model(
         errors.print(f"--corpus: cannot read {', '.join(map(str, corpus))} ({detail}). Fix: pass JSON, JSONL or text"
                      " files in UTF-8.", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(INVALID_SPEC_EXIT) from None
-    build_tiny_llama(out_dir, iter(texts), vocab_size=vocab_size)
-    console.print(f"tiny model written to {out_dir}")
+    if family not in FAMILIES:
+        errors.print(f"--family: unknown family {family!r}. Fix: choose one of {', '.join(FAMILIES)}.",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(INVALID_SPEC_EXIT)
+    build_tiny_model(out_dir, iter(texts), family=family, vocab_size=vocab_size)
+    console.print(f"tiny {family} model written to {out_dir}")
 
 
 @hub_app.command("serve")

@@ -232,22 +232,48 @@ class DatasetSpec(StrictModel):
         return self.input_template or DEFAULT_INPUT_TEMPLATES.get(self.format, "")
 
 
+TargetModules = list[str] | Literal["auto"]
+
+
+def _names_or_auto(value: object) -> object:
+    """One clear error for a string that is not ``auto`` (instead of one per member of the union)."""
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"{value!r} is neither auto nor a list of module names. Fix: write auto or [name, ...],"
+                         f" e.g. [{value}]")
+    return value
+
+
 class LoraSpec(StrictModel):
     r: int = Field(8, gt=0, description="Rank of the update matrices.")
     alpha: float = Field(16.0, gt=0, description="Scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+    target_modules: TargetModules = Field(
+        "auto",
         min_length=1,
-        description="Module names to adapt; always explicit so nothing trains QKV-only by surprise.",
+        description="Module names to adapt, checked against the model; auto: every attention and MLP projection"
+        " of the model's family (q/k/v/o + gate/up/down for Llama, query_key_value/dense/dense_h_to_4h/"
+        "dense_4h_to_h for GPT-NeoX, c_attn/c_proj/c_fc for GPT-2), found by inspecting the model; the run"
+        " records the names chosen.",
     )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names_or_auto(cls, value: object) -> object:
+        return _names_or_auto(value)
 
 
 class Ia3Spec(StrictModel):
-    target_modules: list[str] = Field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"], min_length=1)
-    feedforward_modules: list[str] = Field(
-        default_factory=lambda: ["down_proj"], description="Subset of target_modules scaled on their input."
+    target_modules: TargetModules = Field(
+        "auto", min_length=1, description="auto: the key and value projections (or the fused q/k/v) and the MLP's"
+        " down projection, found by inspecting the model.")
+    feedforward_modules: TargetModules = Field(
+        "auto", description="Subset of target_modules scaled on their input; auto: the MLP's down projection."
     )
+
+    @field_validator("target_modules", "feedforward_modules", mode="before")
+    @classmethod
+    def _names_or_auto(cls, value: object) -> object:
+        return _names_or_auto(value)
 
 
 class PtuningSpec(StrictModel):

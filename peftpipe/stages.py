@@ -54,7 +54,25 @@ def fetch_stage(loaded: LoadedSpec, paths: RunPaths, token: str | None = None,
     paths.root.mkdir(parents=True, exist_ok=True)
     reference = {**asdict(fetched), "path": str(fetched.path)}
     paths.base_model_file.write_text(json.dumps(reference, indent=2) + "\n")
+    check_fetched_model(loaded, paths, fetched.path)
     return fetched
+
+
+def check_fetched_model(loaded: LoadedSpec, paths: RunPaths, model_dir: Path) -> None:
+    """What validate could not check without the model's config.json, before any job: target modules and
+    family support (``model_fit``); the model's layout is recorded in ``model_layout.json``."""
+    from peftpipe.model_fit import model_issues
+    from peftpipe.model_layout import write_layout
+    from peftpipe.spec_issues import SpecError
+
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return
+    layout, issues = model_issues(loaded.spec, json.loads(config_file.read_text(encoding="utf-8")))
+    if issues:
+        raise SpecError(issues)
+    if layout is not None:
+        write_layout(layout, paths.root / "model_layout.json")
 
 
 def prepare_stage(loaded: LoadedSpec, paths: RunPaths) -> PreparedData:

@@ -116,7 +116,8 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
             )
         )
     ia3 = spec.peft.ia3
-    if spec.peft.method == "ia3" and not set(ia3.feedforward_modules) <= set(ia3.target_modules):
+    explicit = "auto" not in (ia3.feedforward_modules, ia3.target_modules)
+    if spec.peft.method == "ia3" and explicit and not set(ia3.feedforward_modules) <= set(ia3.target_modules):
         extra = sorted(set(ia3.feedforward_modules) - set(ia3.target_modules))
         issues.append(
             SpecIssue("peft.ia3.feedforward_modules", f"{extra} are not in target_modules", "add them to target_modules")
@@ -124,7 +125,8 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     if spec.evaluation.select_metric not in spec.evaluation.metrics:
         issues.append(SpecIssue("evaluation.select_metric", f"{spec.evaluation.select_metric!r} is not computed",
                                 "add it to evaluation.metrics or choose one of them"))
-    issues += _check_model(loaded)
+    model_problems = _check_model(loaded)
+    issues += model_problems or _check_model_fit(loaded)
     issues += _check_dataset(loaded)
     issues += _check_slurm(loaded)
     # The engine's own checks (global batch vs. its data-parallel size, its section of the spec).
@@ -147,6 +149,15 @@ def _check_model(loaded: LoadedSpec) -> list[SpecIssue]:
                 SpecIssue("model.path", f"{path} has no config.json", "point it at a Hugging Face model directory")
             ]
     return []
+
+
+def _check_model_fit(loaded: LoadedSpec) -> list[SpecIssue]:
+    """Target modules and family support, against the model built on the meta device from its config.json
+    (when that file is on disk; a Hub model not yet cached is checked right after it is fetched)."""
+    from peftpipe.model_fit import local_config, model_issues
+
+    config = local_config(loaded)
+    return [] if config is None else model_issues(loaded.spec, config)[1]
 
 
 def _check_dataset(loaded: LoadedSpec) -> list[SpecIssue]:
