@@ -33,6 +33,7 @@ from peftpipe.spec import (
 ENGINE_METHODS: dict[str, tuple[str, ...]] = {
     "hf": ("lora", "ia3", "ptuning"),
     "nemo": ("lora", "ptuning", "adapter", "ia3"),
+    "automodel": ("lora",),
 }
 
 
