@@ -112,8 +112,8 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     issues: list[SpecIssue] = []
     train = spec.train
     per_step = train.micro_batch_size * train.data_parallel_size
-    # The nemo engine checks this itself: its data-parallel size is the GPU count / (TP x PP).
-    if spec.engine != "nemo" and train.global_batch_size % per_step:
+    # nemo and automodel check this themselves: their data-parallel size is the GPU count / model parallelism.
+    if spec.engine == "hf" and train.global_batch_size % per_step:
         issues.append(
             SpecIssue(
                 "train.global_batch_size",
@@ -158,6 +158,13 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
         issues += check_nemo(loaded)
     elif "nemo" in spec.model_fields_set:
         issues.append(SpecIssue("nemo", f"applies to engine nemo, not {spec.engine}", "remove it or set engine: nemo"))
+    if spec.engine == "automodel":
+        from peftpipe.engines.automodel.validate import check_automodel
+
+        issues += check_automodel(loaded)
+    elif "automodel" in spec.model_fields_set:
+        issues.append(SpecIssue("automodel", f"applies to engine automodel, not {spec.engine}",
+                                "remove it or set engine: automodel"))
     if spec.peft.method != "adapter" and "adapter" in spec.peft.model_fields_set:
         issues.append(SpecIssue("peft.adapter", f"applies to method adapter, not {spec.peft.method}", "remove it"))
     return issues
