@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from peftpipe.failures import diagnose
 from peftpipe.retry import AttemptSettings, next_attempt
 from peftpipe.spec import RunSpec, memory_mb
-from peftpipe.stages import StageFailed, TrainResult
+from peftpipe.results import StageFailed, TrainResult
 
 
 class FinetuneGaveUp(RuntimeError):
@@ -44,18 +44,21 @@ class AttemptRecord:
 
 
 def first_attempt(spec: RunSpec, micro_batch_size: int | None = None) -> AttemptSettings:
-    """Attempt 1: the spec's settings (or a preflight's smaller micro batch), with the job's memory."""
+    """Attempt 1: the spec's settings (or a preflight's smaller micro batch), with the job's memory.
+
+    The one place the micro batch defaults to the spec's: everything after reads the settings.
+    """
     slurm = spec.execution.slurm
-    mem_gb = memory_mb(slurm.mem) // 1024 if spec.execution.backend == "slurm" else None
+    mem_mb = memory_mb(slurm.mem) if spec.execution.backend == "slurm" else None
     return AttemptSettings(attempt=1, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
-                           activation_checkpointing=spec.train.activation_checkpointing, mem_gb=mem_gb)
+                           activation_checkpointing=spec.train.activation_checkpointing, mem_mb=mem_mb)
 
 
-def memory_limit_gb(spec: RunSpec) -> int | None:
+def memory_limit_mb(spec: RunSpec) -> int | None:
     slurm = spec.execution.slurm
     if spec.execution.backend != "slurm" or slurm.max_mem is None:
         return None
-    return memory_mb(slurm.max_mem) // 1024
+    return memory_mb(slurm.max_mem)
 
 
 def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[AttemptSettings], TrainResult],
@@ -79,7 +82,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
         common = dict(attempt=settings.attempt, micro_batch_size=settings.micro_batch_size,
                       gradient_accumulation=per_rank // settings.micro_batch_size,
                       activation_checkpointing=settings.activation_checkpointing,
-                      mem=f"{settings.mem_gb}G" if settings.mem_gb else None,
+                      mem=settings.mem,
                       estimated_gib=round(estimate_gib(settings.micro_batch_size, settings.activation_checkpointing), 2)
                       if estimate_gib else None)
         try:
@@ -91,7 +94,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             evidence = f"{outcome.log_tail}\n{outcome.stopped_early}" if outcome.stopped_early else outcome.log_tail
             diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
             decision = next_attempt(diagnosis, settings, train.global_batch_size, data_parallel,
-                                    train.max_attempts, memory_limit_gb(spec))
+                                    train.max_attempts, memory_limit_mb(spec))
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
                                          evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
                                          duration_s=round(time.monotonic() - started, 1),

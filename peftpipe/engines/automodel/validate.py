@@ -13,23 +13,25 @@ from pathlib import Path
 
 from peftpipe.engines.automodel.config import data_parallel_size
 from peftpipe.spec import LoadedSpec, RunSpec
+from peftpipe.spec_issues import SpecIssue
 
 
-def issue(field: str, problem: str, fix: str):  # noqa: ANN201 - a SpecIssue (imported here: validation imports us)
-    from peftpipe.validation import SpecIssue
-
+def issue(field: str, problem: str, fix: str) -> SpecIssue:
     return SpecIssue(field, problem, fix)
 
 
-def check_automodel(loaded: LoadedSpec) -> list:
+def check_automodel(loaded: LoadedSpec) -> list[SpecIssue]:
     spec = loaded.spec
     issues = _check_batch(spec) + _check_precision(spec) + _check_template(spec)
+    if spec.execution.backend == "slurm" and spec.execution.slurm.launcher == "srun":
+        issues.append(issue("execution.slurm.launcher", "srun starts one task per GPU, but AutoModel reads"
+                            " torchrun's environment (LOCAL_RANK) to run in-process", "use launcher: torchrun"))
     issues += _check_environment(loaded)
     issues += _check_targets(loaded)
     return issues
 
 
-def _check_batch(spec: RunSpec) -> list:
+def _check_batch(spec: RunSpec) -> list[SpecIssue]:
     train, automodel = spec.train, spec.automodel
     issues = []
     world = train.devices * train.num_nodes
@@ -50,14 +52,14 @@ def _check_batch(spec: RunSpec) -> list:
     return issues
 
 
-def _check_precision(spec: RunSpec) -> list:
+def _check_precision(spec: RunSpec) -> list[SpecIssue]:
     if spec.train.precision == "fp16":
         return [issue("train.precision", "fp16 is not a precision the automodel engine runs (AutoModel's recipe"
                       " has no loss scaling)", "use bf16 (GPUs from A100 on) or fp32")]
     return []
 
 
-def _check_template(spec: RunSpec) -> list:
+def _check_template(spec: RunSpec) -> list[SpecIssue]:
     template = spec.dataset.prompt_template
     prefix = template[: template.rindex("{output}")]
     if not prefix.endswith(" ") or prefix.endswith("  "):
@@ -72,7 +74,7 @@ def uses_container(spec: RunSpec) -> bool:
     return spec.execution.backend == "slurm" and spec.execution.slurm.container.runtime != "none"
 
 
-def _check_environment(loaded: LoadedSpec) -> list:
+def _check_environment(loaded: LoadedSpec) -> list[SpecIssue]:
     """The venv the jobs run AutoModel from exists and holds the version the YAML is rendered for."""
     spec = loaded.spec
     automodel = spec.automodel
@@ -118,7 +120,7 @@ def interpreter(loaded: LoadedSpec) -> str:
     return str(loaded.resolve(spec.automodel.venv) / "bin" / "python") if spec.automodel.venv else "python"
 
 
-def _check_targets(loaded: LoadedSpec) -> list:
+def _check_targets(loaded: LoadedSpec) -> list[SpecIssue]:
     """With a local model, every LoRA target must name modules of it (a Hub model is checked once fetched)."""
     spec = loaded.spec
     if spec.model.path is None:
