@@ -60,9 +60,31 @@ def completed_steps(checkpoint: Path) -> int | None:
 
 
 def resumed_from(log_text: str) -> int | None:
-    """The step an attempt resumed at, from AutoModel's own log line; None for a fresh start."""
-    match = RESUMED.search(log_text)
-    return completed_steps(Path(match.group(1).rstrip("/"))) if match else None
+    """The step an attempt resumed at, from AutoModel's own log line (the last run's, as a log of a run id
+    started again is appended to); None for a fresh start."""
+    found = RESUMED.findall(log_text)
+    return completed_steps(Path(found[-1].rstrip("/"))) if found else None
+
+
+# Rank 0's per-step lines (recipes/llm/train_ft.py, log_train_metrics / log_val_metrics). AutoModel's
+# training.jsonl buffers its records and loses the last ones when a run dies (an OOM, a kill), so the
+# logs of every attempt are read too, and the JSONL's full-precision values win where both have a step.
+TRAIN_LINE = re.compile(r"\| step (\d+) \| epoch \d+ \| loss (\S+) \| grad_norm (\S+) \| lr (\S+) \| mem (\S+) GiB"
+                        r" \| tps (\S+?)\(")
+VAL_LINE = re.compile(r"\[val\] name \"[^\"]*\" \| step (\d+) \| epoch \d+ \| loss (\S+)")
+
+
+def _from_logs(logs: list[Path]) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    train: dict[int, dict[str, Any]] = {}
+    validation: dict[int, dict[str, Any]] = {}
+    for log in logs:
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        for step, loss, grad_norm, lr, mem, tps in TRAIN_LINE.findall(text):
+            train[int(step)] = {"step": int(step), "loss": float(loss), "grad_norm": float(grad_norm), "lr": float(lr),
+                                "mem": float(mem), "tps": float(tps)}
+        for step, loss in VAL_LINE.findall(text):
+            validation[int(step)] = {"step": int(step), "val_loss": float(loss)}
+    return train, validation
 
 
 def _jsonl_by_step(path: Path) -> dict[int, dict[str, Any]]:
@@ -76,7 +98,13 @@ def _jsonl_by_step(path: Path) -> dict[int, dict[str, Any]]:
     return records
 
 
-def collect_outputs(paths: RunPaths, log_text: str, local_batch_size: int, gradient_accumulation: int,
+def attempt_logs(paths: RunPaths) -> list[Path]:
+    """Every fine-tune attempt's log (local ``output.log`` or Slurm's ``slurm-<id>.out``), in attempt order."""
+    attempts = sorted(paths.finetune_dir.glob("attempt-*"), key=lambda d: int(d.name.removeprefix("attempt-")))
+    return [log for d in attempts for log in sorted([*d.glob("output.log"), *d.glob("slurm-*.out")])]
+
+
+def collect_outputs(paths: RunPaths, log_file: Path, local_batch_size: int, gradient_accumulation: int,
                     wall_time_s: float) -> dict[str, Any]:
     """Copy the adapter out of AutoModel's latest checkpoint and write metrics.jsonl and train_summary.json.
 
@@ -92,8 +120,9 @@ def collect_outputs(paths: RunPaths, log_text: str, local_batch_size: int, gradi
     paths.adapter_dir.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
         shutil.copyfile(adapter_source / name, paths.adapter_dir / name)
-    train = _jsonl_by_step(layout.checkpoint_dir / "training.jsonl")
-    validation = _jsonl_by_step(layout.checkpoint_dir / "validation.jsonl")
+    train, validation = _from_logs(attempt_logs(paths))
+    train.update(_jsonl_by_step(layout.checkpoint_dir / "training.jsonl"))
+    validation.update(_jsonl_by_step(layout.checkpoint_dir / "validation.jsonl"))
     metrics = []
     for index in sorted(train):
         record = train[index]
@@ -110,7 +139,7 @@ def collect_outputs(paths: RunPaths, log_text: str, local_batch_size: int, gradi
         "engine": "automodel",
         "final_step": completed_steps(latest) or (metrics[-1]["step"] if metrics else 0),
         "final_loss": metrics[-1]["loss"] if metrics else math.nan,
-        "resumed_from_step": resumed_from(log_text),
+        "resumed_from_step": resumed_from(log_file.read_text(errors="replace")),
         "local_batch_size": local_batch_size,
         "gradient_accumulation": gradient_accumulation,
         "checkpoint": str(latest),

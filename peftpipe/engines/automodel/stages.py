@@ -82,8 +82,7 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, settin
     spec = loaded.spec
     accumulation = spec.train.global_batch_size // (settings.micro_batch_size * data_parallel_size(spec))
     wall = time.time() - outcome.started_at if outcome.started_at else float("nan")
-    summary = collect_outputs(paths, outcome.log_file.read_text(errors="replace"), settings.micro_batch_size,
-                              accumulation, wall)
+    summary = collect_outputs(paths, outcome.log_file, settings.micro_batch_size, accumulation, wall)
     return TrainResult(
         final_step=summary["final_step"],
         final_loss=summary["final_loss"],
