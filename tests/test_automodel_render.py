@@ -134,3 +134,28 @@ def test_lora_targets_must_exist_in_a_local_model(tmp_path: Path, hub_root: Path
 def test_automodel_section_with_another_engine_is_refused(tmp_path: Path) -> None:
     assert issues(tmp_path, {"engine": "hf"}) == [
         "automodel: applies to engine automodel, not hf. Fix: remove it or set engine: automodel."]
+
+
+# --- the fine-tune job per container runtime: what `peftpipe render` prints and the backends submit ------
+
+
+@pytest.mark.parametrize(("runtime", "image"), [("none", None), ("singularity", "/shared/images/automodel-25.11.sif"),
+                                                ("pyxis", "nvcr.io#nvidia/nemo-automodel:25.11")])
+def test_finetune_job_per_container_runtime(runtime: str, image: str | None) -> None:
+    from peftpipe.attempts import first_attempt
+    from peftpipe.engines import engine_for
+    from peftpipe.slurm.render import render_batch_script
+    from peftpipe.spec import LoadedSpec
+
+    changes = {"execution.backend": "slurm", "train.num_nodes": 2 if runtime == "pyxis" else 1,
+               "execution.slurm.container": {"runtime": runtime, "image": image, "python": "python"}}
+    if runtime == "none":
+        changes["automodel.venv"] = "/shared/venvs/automodel-0.7.0"
+    loaded = LoadedSpec(spec=golden_spec(changes), base_dir=Path("/scratch/specs"))
+    command = engine_for("automodel").job(loaded, RUN, "finetune", first_attempt(loaded.spec), MODEL)
+    # The launcher is run from peftpipe's own source tree, wherever this checkout is.
+    script = render_batch_script(command.job).replace(str(REPO), "/opt/peftpipe")
+    assert_matches_golden(f"automodel/finetune_{runtime}.sbatch", script)
+    (config_file,) = command.shown
+    assert command.files[config_file] == rendered(loaded.spec)
+    assert command.described["config"] == automodel_config(loaded.spec, automodel_inputs(RUN, MODEL))

@@ -9,7 +9,6 @@ from peftpipe.backends import Backend, LineSink, StageCommand, StopRule
 from peftpipe.engines.automodel import stages
 from peftpipe.engines.automodel.config import data_parallel_size
 from peftpipe.engines.automodel.validate import check_automodel
-from peftpipe.engines.hf import stages as hf_stages
 from peftpipe.hub.fetch import FetchedModel
 from peftpipe.paths import RunPaths
 from peftpipe.results import TrainResult
@@ -48,11 +47,13 @@ class AutomodelEngine:
 
     def evaluate(self, loaded: LoadedSpec, paths: RunPaths, model_path: Path, *, on_line: LineSink = print,
                  backend: Backend | None = None, access: S3Access | None = None) -> dict[str, Any]:
-        """The pipeline's own evaluation of AutoModel's adapter (a standard PEFT adapter folder)."""
-        return hf_stages.evaluate_stage(loaded, paths, model_path, on_line, backend)
+        """The pipeline's own evaluation of AutoModel's adapter (a standard PEFT adapter folder): the hf
+        engine's generation and scores, reached through the registry."""
+        return stages.evaluating_engine().evaluate(loaded, paths, model_path, on_line=on_line, backend=backend,
+                                                   access=access)
 
     def run_files(self, loaded: LoadedSpec, paths: RunPaths) -> dict[str, Path]:
-        return stages.run_files(paths)
+        return stages.run_files(loaded, paths)
 
 
 ENGINE = AutomodelEngine()

@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from peftpipe.backends import Backend, LineSink, StageCommand, StopRule, backend_for
+from peftpipe.engines import Engine, engine_for
 from peftpipe.engines.automodel.config import automodel_config, automodel_inputs, data_parallel_size, render_yaml
 from peftpipe.engines.automodel.layout import AutomodelPaths
 from peftpipe.engines.automodel.outputs import collect_outputs, write_training_data
 from peftpipe.engines.automodel.validate import interpreter
-from peftpipe.engines.hf import stages as hf_stages
 from peftpipe.paths import RunPaths
 from peftpipe.results import StageFailed, TrainResult
 from peftpipe.retry import AttemptSettings
@@ -28,6 +28,12 @@ from peftpipe.spec import LoadedSpec
 from peftpipe.spec_issues import SpecError
 
 STAGES = ("finetune", "evaluate")
+# Evaluation is the pipeline's own: generation and scores of the hf engine on AutoModel's PEFT adapter.
+EVALUATED_BY = "hf"
+
+
+def evaluating_engine() -> Engine:
+    return engine_for(EVALUATED_BY)
 # Runs with AutoModel's interpreter, imports nothing of peftpipe; in a container the source tree is bound.
 LAUNCHER = Path(__file__).resolve().with_name("launcher.py")
 # The job never reaches for the network: the model and the data are local files by then.
@@ -38,7 +44,7 @@ def stage_command(loaded: LoadedSpec, paths: RunPaths, stage: str, settings: Att
                   model_path: Path | None) -> StageCommand:
     """The one builder of an automodel stage's job: ``peftpipe render`` prints it, the backends run it."""
     if stage == "evaluate":
-        return hf_stages.stage_command(loaded, paths, stage, settings, model_path)
+        return evaluating_engine().job(loaded, paths, stage, settings, model_path)
     if stage not in STAGES:
         raise SpecError.single("--stage", f"engine automodel trains the HF checkpoint directly and has no {stage}"
                                " stage", "render finetune or evaluate")
@@ -96,9 +102,9 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, settin
     )
 
 
-def run_files(paths: RunPaths) -> dict[str, Path]:
+def run_files(loaded: LoadedSpec, paths: RunPaths) -> dict[str, Path]:
     """The hf engine's set (adapter, metrics, predictions, logs) plus AutoModel's own YAML and metric files."""
-    files = hf_stages.run_files(paths)
+    files = evaluating_engine().run_files(loaded, paths)
     layout = AutomodelPaths(paths)
     for attempt_dir in sorted(paths.finetune_dir.glob("attempt-*")):
         if (attempt_dir / layout.config_file(1).name).is_file():
