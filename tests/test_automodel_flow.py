@@ -194,3 +194,27 @@ def test_killed_run_resumes_with_the_same_run_id(tmp_path: Path, hub_endpoint: s
     assert summary["final_step"] == 30
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 3
     assert (tmp_path / "store" / "am-killed" / "manifest.json").is_file()
+
+
+def test_a_config_key_automodel_does_not_take_is_a_config_error(tmp_path: Path, hub_root: Path) -> None:
+    """An AutoModel start-up failure is diagnosed config_error, with the line naming the key: no retry."""
+    from peftpipe.engines.automodel.stages import finetune_stage
+    from peftpipe.failures import FailureKind, diagnose
+    from peftpipe.results import StageFailed
+    from peftpipe.retry import AttemptSettings
+    from peftpipe.stages import prepare_stage, run_paths
+    from peftpipe.validation import load_spec
+
+    model = hub_root / "peftpipe" / "tiny-llama"
+    spec = automodel_spec(tmp_path, "http://127.0.0.1:9", {
+        "model.path": str(model), "model.repo_id": None,
+        "automodel": {**AUTOMODEL, "overrides": {"optimizer.betaz": [0.9, 0.99]}}})
+    loaded = load_spec(spec)
+    paths = run_paths(loaded, "am-config-error")
+    prepare_stage(loaded, paths)
+    with pytest.raises(StageFailed) as failed:
+        finetune_stage(loaded, paths, model, AttemptSettings(attempt=1, micro_batch_size=4), on_line=lambda _: None)
+    outcome = failed.value.outcome
+    diagnosis = diagnose(outcome.state, outcome.exit_code, outcome.log_tail)
+    assert diagnosis.kind is FailureKind.CONFIG_ERROR
+    assert "unexpected keyword argument 'betaz'" in diagnosis.evidence
