@@ -121,20 +121,26 @@ def interpreter(loaded: LoadedSpec) -> str:
 
 
 def _check_targets(loaded: LoadedSpec) -> list[SpecIssue]:
-    """With a local model, every LoRA target must name modules of it (a Hub model is checked once fetched)."""
+    """With a local model, every LoRA target must name modules of it (a Hub model: once fetched)."""
     spec = loaded.spec
     if spec.model.path is None:
         return []
-    names = weight_names(loaded.resolve(spec.model.path))
+    found = target_issue(spec, loaded.resolve(spec.model.path))
+    return [found] if found else []
+
+
+def target_issue(spec: RunSpec, model_dir: Path) -> SpecIssue | None:
+    """A LoRA target that names no module of the model in ``model_dir`` (AutoModel would train nothing there)."""
+    names = weight_names(model_dir)
     if names is None:
-        return []
+        return None
     modules = {part for name in names for part in name.split(".")}
     missing = [t for t in spec.peft.lora.target_modules if "*" not in t and t.split(".")[-1] not in modules]
-    if missing:
-        linear = sorted({name.split(".")[-2] for name in names if name.endswith(".weight") and "proj" in name})
-        return [issue("peft.lora.target_modules", f"{missing} name no module of {spec.model.path}",
-                      f"use module names of this model, e.g. {', '.join(linear) or 'q_proj, v_proj'}")]
-    return []
+    if not missing:
+        return None
+    linear = sorted({name.split(".")[-2] for name in names if name.endswith(".weight") and "proj" in name})
+    return issue("peft.lora.target_modules", f"{missing} name no module of {model_dir}",
+                 f"use module names of this model, e.g. {', '.join(linear) or 'q_proj, v_proj'}")
 
 
 def weight_names(model_dir: Path) -> list[str] | None:
