@@ -169,11 +169,15 @@ def launcher_pids(config_file: Path) -> list[int]:
     return pids
 
 
-def test_killed_run_resumes_with_the_same_run_id(tmp_path: Path, hub_endpoint: str) -> None:
+def test_killed_run_resumes_with_the_same_run_id(tmp_path: Path, hub_endpoint: str, prefect_api) -> None:
     """(d) `peftpipe run`: the AutoModel process is killed after its first checkpoint; running the same
     run id again resumes from AutoModel's LATEST checkpoint and finishes."""
-    spec = automodel_spec(tmp_path, hub_endpoint, {"train.max_steps": 30})
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
+    from prefect.settings import PREFECT_API_URL
+
+    spec = automodel_spec(tmp_path, hub_endpoint, {"train.max_steps": 16})
+    # The session's Prefect API: each `peftpipe run` would otherwise start an ephemeral server of its own.
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "COLUMNS": "200"}
     argv = [sys.executable, "-m", "cli", "run", str(spec), "--run-id", "am-killed"]
     run_dir = tmp_path / "runs" / "am-killed"
     config_file = run_dir / "finetune" / "attempt-1" / "automodel.yaml"
@@ -191,7 +195,7 @@ def test_killed_run_resumes_with_the_same_run_id(tmp_path: Path, hub_endpoint: s
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert second.returncode == 0, second.stdout + second.stderr
     summary = json.loads((run_dir / "finetune" / "train_summary.json").read_text())
-    assert summary["final_step"] == 30
+    assert summary["final_step"] == 16
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 3
     assert (tmp_path / "store" / "am-killed" / "manifest.json").is_file()
 
