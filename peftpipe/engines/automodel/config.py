@@ -96,7 +96,7 @@ def automodel_config(spec: RunSpec, inputs: AutomodelInputs, local_batch_size: i
         "model": model,
         "peft": {
             "_target_": "nemo_automodel.components._peft.lora.PeftConfig",
-            "target_modules": [lora_target_pattern(name) for name in lora.target_modules],
+            "target_modules": [lora_target_pattern(name) for name in lora_targets(spec, inputs.model_path)],
             "dim": lora.r,
             "alpha": lora.alpha,
             "dropout": lora.dropout,
@@ -118,6 +118,18 @@ def automodel_config(spec: RunSpec, inputs: AutomodelInputs, local_batch_size: i
     for dotted, value in automodel.overrides.items():
         _set_dotted(config, dotted, copy.deepcopy(value))
     return config
+
+
+def lora_targets(spec: RunSpec, model_path: Path) -> list[str]:
+    """The spec's LoRA targets; ``auto``: every attention and MLP projection of the model's family, from its
+    config.json (the choice the hf engine makes)."""
+    targets = spec.peft.lora.target_modules
+    if targets != "auto":
+        return list(targets)
+    from peftpipe.model_inspect import inspect_model_dir
+    from peftpipe.model_layout import auto_lora_targets
+
+    return auto_lora_targets(inspect_model_dir(model_path))
 
 
 def lora_target_pattern(name: str) -> str:

@@ -19,7 +19,7 @@ from peftpipe.engines import Engine, engine_for
 from peftpipe.engines.automodel.config import automodel_config, automodel_inputs, data_parallel_size, render_yaml
 from peftpipe.engines.automodel.layout import AutomodelPaths
 from peftpipe.engines.automodel.outputs import collect_outputs, write_training_data
-from peftpipe.engines.automodel.validate import interpreter, target_issue
+from peftpipe.engines.automodel.validate import interpreter
 from peftpipe.paths import RunPaths
 from peftpipe.results import StageFailed, TrainResult
 from peftpipe.retry import AttemptSettings
@@ -80,10 +80,6 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, settin
     A retry at a smaller local batch resumes from the same checkpoint with the same global batch:
     AutoModel's step scheduler restores the step and its stateful dataloader the data position.
     """
-    # A Hub model's modules are known only now that it is fetched: checked before anything runs.
-    wrong_target = target_issue(loaded.spec, model_path)
-    if wrong_target is not None:
-        raise SpecError([wrong_target])
     write_training_data(paths, loaded.spec.dataset.prompt_template)
     stage = stage_command(loaded, paths, "finetune", settings, model_path)
     outcome = (backend or backend_for(loaded)).run(loaded, paths, stage, on_line, stop_rule)

@@ -7,8 +7,6 @@ spec says (LoRA on no module, a prompt AutoModel joins differently from the eval
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from peftpipe.engines.automodel.config import data_parallel_size
@@ -27,7 +25,6 @@ def check_automodel(loaded: LoadedSpec) -> list[SpecIssue]:
         issues.append(issue("execution.slurm.launcher", "srun starts one task per GPU, but AutoModel reads"
                             " torchrun's environment (LOCAL_RANK) to run in-process", "use launcher: torchrun"))
     issues += _check_environment(loaded)
-    issues += _check_targets(loaded)
     return issues
 
 
@@ -118,41 +115,3 @@ def interpreter(loaded: LoadedSpec) -> str:
     if uses_container(spec):
         return spec.execution.slurm.container.python
     return str(loaded.resolve(spec.automodel.venv) / "bin" / "python") if spec.automodel.venv else "python"
-
-
-def _check_targets(loaded: LoadedSpec) -> list[SpecIssue]:
-    """With a local model, every LoRA target must name modules of it (a Hub model: once fetched)."""
-    spec = loaded.spec
-    if spec.model.path is None:
-        return []
-    found = target_issue(spec, loaded.resolve(spec.model.path))
-    return [found] if found else []
-
-
-def target_issue(spec: RunSpec, model_dir: Path) -> SpecIssue | None:
-    """A LoRA target that names no module of the model in ``model_dir`` (AutoModel would train nothing there)."""
-    names = weight_names(model_dir)
-    if names is None:
-        return None
-    modules = {part for name in names for part in name.split(".")}
-    missing = [t for t in spec.peft.lora.target_modules if "*" not in t and t.split(".")[-1] not in modules]
-    if not missing:
-        return None
-    linear = sorted({name.split(".")[-2] for name in names if name.endswith(".weight") and "proj" in name})
-    return issue("peft.lora.target_modules", f"{missing} name no module of {model_dir}",
-                 f"use module names of this model, e.g. {', '.join(linear) or 'q_proj, v_proj'}")
-
-
-def weight_names(model_dir: Path) -> list[str] | None:
-    """Tensor names of a safetensors checkpoint, read from the index or the file headers only."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return list(json.loads(index.read_text())["weight_map"])
-    single = model_dir / "model.safetensors"
-    if not single.is_file():
-        return None
-    with single.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return [name for name in header if name != "__metadata__"]
-
