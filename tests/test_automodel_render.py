@@ -124,11 +124,20 @@ def test_venv_with_another_automodel_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_lora_targets_must_exist_in_a_local_model(tmp_path: Path, hub_root: Path) -> None:
+    """The core's target check applies to engine automodel too (AutoModel would adapt nothing there)."""
     model = hub_root / "peftpipe" / "tiny-llama"
     found = issues(tmp_path, {"model.path": str(model), "model.repo_id": None,
                               "peft.lora.target_modules": ["q_proj", "query_key_value"]})
-    assert len(found) == 1 and found[0].startswith("peft.lora.target_modules: ['query_key_value'] name no module of")
-    assert "Fix: use module names of this model, e.g. down_proj, gate_proj, k_proj, o_proj, q_proj" in found[0]
+    assert len(found) == 1 and found[0].startswith("peft.lora.target_modules: ['query_key_value'] match no module of")
+
+
+def test_auto_targets_are_the_models_projections(hub_root: Path) -> None:
+    model = hub_root / "peftpipe" / "tiny-llama"
+    spec = golden_spec({"peft.lora.target_modules": "auto"})
+    config = automodel_config(spec, automodel_inputs(RUN, model))
+    assert config["peft"]["target_modules"] == [f"*.{name}" for name in
+                                                ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj")]
 
 
 def test_automodel_section_with_another_engine_is_refused(tmp_path: Path) -> None:
