@@ -22,7 +22,11 @@ projections and exact parameter count), so fused ``query_key_value`` (GPT-NeoX, 
 (GPT-NeoX, GPT-2, Falcon: one up projection and a GELU) keeps about half the (tokens x
 intermediate) tensors of a gated one (``UNGATED_MLP_FACTOR``); with the engine's coefficients this
 is within 7 % of the OpenCALM-3B and rinna-3.6B shapes' peaks on an H200 (bench/RESULTS-families.md). Eager attention (Gemma 2's
-soft-capping) keeps each head's (seq x seq) scores and probabilities.
+soft-capping) keeps each head's (seq x seq) scores and probabilities. The engine keeps plain
+``nn.LayerNorm`` outputs in 16 bits under autocast (``fast_kernels.StorageDtypeLayerNorm``), where
+autocast alone would keep them in fp32: ``LAYER_NORM_16BIT_SAVING`` bytes per token and hidden unit
+of each layer less (its two norms' fp32 outputs); with it the estimate is within 8 % of the
+OpenCALM-3B and rinna-3.6B engine peaks measured with that change (bench/RESULTS-families.md).
 
 Activation checkpointing keeps only each layer's input (2 bytes x hidden a token) plus one
 layer's activations while it is recomputed.
@@ -53,6 +57,8 @@ ACTIVATION_COEFFICIENTS: dict[str, tuple[float, float, float]] = {
 # An MLP with one up projection and GELU keeps its up output and the activation's (2 tensors of
 # tokens x intermediate); a gated one keeps gate, up, the activation and the product (4).
 UNGATED_MLP_FACTOR = 0.5
+# Two norms per layer whose outputs the engine keeps in 16 bits instead of autocast's fp32: 2 x 2 bytes.
+LAYER_NORM_16BIT_SAVING = 4.0
 # Eager attention keeps, per token, head and key position, the 16-bit scores, their fp32 softmax and
 # the 16-bit probabilities (and Gemma 2's tanh): fitted to Gemma-2-2B's engine peaks on an H200
 # (bench/RESULTS-families.md: micro batch 2 and 4 at seq 2048, 26.0 and 47.0 GiB).
@@ -81,6 +87,7 @@ class ModelShape:
     gated_mlp: bool = True
     eager_attention: bool = False
     head_dim: int | None = None
+    layer_norm: bool = False  # plain nn.LayerNorm (GPT-NeoX, GPT-2, Falcon, Phi-2) rather than RMSNorm
 
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any]) -> ModelShape:
@@ -112,6 +119,7 @@ class ModelShape:
             gated_mlp=layout.gated_mlp,
             eager_attention=layout.attention_softcap is not None,
             head_dim=layout.head_dim,
+            layer_norm=layout.layer_norm,
         )
 
     @property
@@ -207,6 +215,8 @@ def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *
     tokens = seq_length * micro_batch_size
     h, i = model.hidden_size, model.intermediate_size
     per_layer = (c_h * h + c_i * i * (1.0 if model.gated_mlp else UNGATED_MLP_FACTOR)) * scale
+    if model.layer_norm and kernels != "plain":
+        per_layer -= LAYER_NORM_16BIT_SAVING * h * scale
     if model.eager_attention:
         per_layer += EAGER_ATTENTION_BYTES * model.num_attention_heads * seq_length * scale
     if method == "ia3":

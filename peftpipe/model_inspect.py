@@ -158,4 +158,7 @@ def layout_of(model: Any) -> ModelLayout:
         supports_attention_backend=bool(getattr(type(model), "_supports_attention_backend", False)),
         projections=tuple(projections),
         module_names=names,
+        # Exactly nn.LayerNorm, as the hf engine's keep_layer_norms_in_storage_dtype matches it.
+        layer_norm=any(type(m).__name__ == "LayerNorm" and type(m).__module__.startswith("torch.nn")
+                       for m in layer.modules()),
     )

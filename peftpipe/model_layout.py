@@ -57,6 +57,7 @@ class ModelLayout:
     projections: tuple[Projection, ...] = ()
     # Every module's dotted name, layer indices written as "*" (model.layers.*.self_attn.q_proj).
     module_names: tuple[str, ...] = field(default=())
+    layer_norm: bool = False  # the decoder layers normalise with plain nn.LayerNorm (not RMSNorm)
 
     @property
     def fused_qkv(self) -> bool:
