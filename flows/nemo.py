@@ -16,6 +16,7 @@ from peftpipe.engines.nemo.resources import data_parallel_size
 from peftpipe.hub.fetch import FetchedModel
 from peftpipe.paths import RunPaths
 from peftpipe.retry import AttemptSettings
+from peftpipe.slurm.attempt_history import resumed_attempt
 from peftpipe.spec import LoadedSpec
 from peftpipe.stages import TrainResult
 from tasks.convert import convert
@@ -34,8 +35,9 @@ def nemo_finetune_with_retries(loaded: LoadedSpec, paths: RunPaths) -> TrainResu
                              settings.activation_checkpointing, mem=f"{settings.mem_gb}G" if settings.mem_gb else None)
 
     spec = loaded.spec
-    return run_attempts(spec, first_attempt(spec), run_one, on_records=_publish_attempts,
-                        log=get_run_logger().warning, data_parallel=data_parallel_size(spec))
+    first = first_attempt(spec, attempt=resumed_attempt(loaded, paths, "finetune", get_run_logger().warning))
+    return run_attempts(spec, first, run_one, on_records=_publish_attempts, log=get_run_logger().warning,
+                        data_parallel=data_parallel_size(spec))
 
 
 def _publish_attempts(records: list[AttemptRecord]) -> None:

@@ -43,11 +43,14 @@ class AttemptRecord:
         return asdict(self)
 
 
-def first_attempt(spec: RunSpec, micro_batch_size: int | None = None) -> AttemptSettings:
-    """Attempt 1: the spec's settings (or a preflight's smaller micro batch), with the job's memory."""
+def first_attempt(spec: RunSpec, micro_batch_size: int | None = None, attempt: int = 1) -> AttemptSettings:
+    """The spec's settings (or a preflight's smaller micro batch), with the job's memory.
+
+    ``attempt`` is 1 for a new run; a rerun after a failed job continues the numbering.
+    """
     slurm = spec.execution.slurm
     mem_gb = memory_mb(slurm.mem) // 1024 if spec.execution.backend == "slurm" else None
-    return AttemptSettings(attempt=1, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
+    return AttemptSettings(attempt=attempt, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
                            activation_checkpointing=spec.train.activation_checkpointing, mem_gb=mem_gb)
 
 
