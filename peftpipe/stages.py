@@ -100,7 +100,7 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, micro_
     summary = json.loads(paths.train_summary_file.read_text())
     return TrainResult(
         final_step=summary["final_step"],
-        final_loss=summary["final_loss"],
+        final_loss=float("nan") if summary["final_loss"] is None else summary["final_loss"],  # null: none recorded
         resumed_from_step=summary["resumed_from_step"],
         wall_time_s=summary["wall_time_s"],
         peak_memory_gib=summary["peak_memory_gib"],

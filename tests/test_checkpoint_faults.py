@@ -1,0 +1,48 @@
+"""Checkpoint faults of the hf engine, on the real training script (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peftpipe.engines.hf import command
+from tests.test_hf_engine import make_run, run_script
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path: Path, hub_root: Path) -> None:
+    paths, config, _ = make_run(tmp_path, hub_root)
+    config.update(max_steps=4, checkpoint_every=2)
+    first = run_script(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    checkpoints = paths.finetune_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000002", "step-0000004"]
+    (checkpoints / "step-0000004" / "state.pt").write_bytes(b"")  # power loss: the name, not the bytes
+
+    config.update(max_steps=6)
+    resumed = run_script(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "checkpoint step-0000004 is damaged (state.pt has 0 bytes" in resumed.stdout
+    assert "resuming from checkpoint step-0000002 (step 2)" in resumed.stdout
+    summary = json.loads(paths.train_summary_file.read_text())
+    assert (summary["resumed_from_step"], summary["final_step"]) == (2, 6)
+    steps = [json.loads(line)["step"] for line in paths.train_metrics_file.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6], "metrics past the checkpoint used are replaced, not doubled"
+
+
+def test_resuming_at_max_steps_writes_valid_json_with_the_recorded_loss(tmp_path: Path, hub_root: Path) -> None:
+    paths, config, _ = make_run(tmp_path, hub_root)
+    config.update(max_steps=2, checkpoint_every=2)
+    first = run_script(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    adapter_config = (paths.adapter_dir / "adapter_config.json").read_text()
+    last_loss = json.loads(paths.train_metrics_file.read_text().splitlines()[-1])["loss"]
+
+    again = run_script(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    text = paths.train_summary_file.read_text()
+    summary = json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(f"{name} in JSON")))
+    assert (summary["resumed_from_step"], summary["final_step"], summary["final_loss"]) == (2, 2, last_loss)
+    # Saved configs are the same bytes every time (peft writes target_modules in set order).
+    assert (paths.adapter_dir / "adapter_config.json").read_text() == adapter_config
+    targets = json.loads(adapter_config)["target_modules"]
+    assert targets == sorted(targets) and len(targets) > 1
