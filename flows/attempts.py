@@ -26,7 +26,8 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
 
     def run_one(settings: AttemptSettings) -> TrainResult:
         return finetune(loaded, paths, model_path, settings.micro_batch_size, settings.attempt,
-                        settings.activation_checkpointing, mem=f"{settings.mem_gb}G" if settings.mem_gb else None)
+                        settings.activation_checkpointing, mem=f"{settings.mem_gb}G" if settings.mem_gb else None,
+                        exclude_nodes=settings.exclude_nodes)
 
     spec = loaded.spec
     config = model_config(spec, model_path)

@@ -94,7 +94,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             evidence = f"{outcome.log_tail}\n{outcome.stopped_early}" if outcome.stopped_early else outcome.log_tail
             diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
             decision = next_attempt(diagnosis, settings, train.global_batch_size, data_parallel,
-                                    train.max_attempts, memory_limit_gb(spec))
+                                    train.max_attempts, memory_limit_gb(spec), failed_nodes=split_nodes(outcome.nodes))
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
                                          evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
                                          duration_s=round(time.monotonic() - started, 1),
@@ -118,6 +118,11 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
                                      if math.isfinite(result.peak_memory_gib) else None))
         on_records(records)
         return result
+
+
+def split_nodes(node_list: str) -> tuple[str, ...]:
+    """Slurm's NodeList ("gpu[01-02],gpu05") as sbatch --exclude takes it: the whole list, one entry."""
+    return (node_list,) if node_list else ()
 
 
 def _latency(failure_seen_at: float | None, started_at: float | None) -> float | None:

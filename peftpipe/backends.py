@@ -43,6 +43,7 @@ class StageCommand:
     job: JobRequest | None = None
     # The program is one of peftpipe's own engine scripts: containers get its source on PYTHONPATH.
     peftpipe_script: bool = True
+    exclude_nodes: tuple[str, ...] = ()  # Slurm nodes this attempt must not run on
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class StageOutcome:
     detected_at: float | None = None
     started_at: float | None = None  # wall clock of the submission (or process start)
     reattached: bool = False
+    nodes: str = ""  # the Slurm nodes the job ran on
 
     @property
     def succeeded(self) -> bool:
@@ -104,7 +106,8 @@ class SlurmBackend:
             job = command.job or stage_job(
                 loaded.spec, paths.root.name, paths, stage, attempt, command.script_args, host_python=sys.executable,
                 gpus_per_node=command.gpus_per_node, nodes=command.nodes, mem=command.mem,
-                model_path=command.model_path, code_root=SOURCE_ROOT if command.peftpipe_script else None)
+                model_path=command.model_path, code_root=SOURCE_ROOT if command.peftpipe_script else None,
+                exclude=command.exclude_nodes)
             script = paths.job_script(stage, attempt)
             script.parent.mkdir(parents=True, exist_ok=True)
             script.write_text(render_batch_script(job))
@@ -130,7 +133,7 @@ class SlurmBackend:
         status = result.status
         return StageOutcome(status.exit_code, log_file, result.log_tail, state=status.state, job_id=job_id,
                             stopped_early=result.stopped_early, detected_at=result.detected_at,
-                            started_at=started, reattached=reattached)
+                            started_at=started, reattached=reattached, nodes=status.nodes)
 
     def _existing_job(self, paths: RunPaths, stage: str, attempt: int, on_line: LineSink,
                       status_outage_s: float) -> tuple[str | None, bool, float | None]:

@@ -83,8 +83,8 @@ class TrainResult:
 
 def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, micro_batch_size: int | None = None,
                    attempt: int = 1, on_line: LineSink = print, activation_checkpointing: bool | None = None,
-                   backend: Backend | None = None, stop_rule: StopRule | None = None, mem: str | None = None
-                   ) -> TrainResult:
+                   backend: Backend | None = None, stop_rule: StopRule | None = None, mem: str | None = None,
+                   exclude_nodes: tuple[str, ...] = ()) -> TrainResult:
     """Train (or resume training) in ``paths.finetune_dir`` with the hf engine's script."""
     config = command.training_config(loaded.spec, model_path, paths, micro_batch_size, activation_checkpointing)
     config_file = paths.stage_config("finetune")
@@ -93,7 +93,7 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, micro_
     train = loaded.spec.train
     stage_command = StageCommand("finetune", attempt, command.training_script_args(config_file),
                                  ranks_per_node=train.devices, gpus_per_node=train.devices, nodes=train.num_nodes,
-                                 mem=mem, model_path=model_path)
+                                 mem=mem, model_path=model_path, exclude_nodes=exclude_nodes)
     outcome = (backend or backend_for(loaded)).run(loaded, paths, stage_command, on_line, stop_rule)
     if not outcome.succeeded:
         raise StageFailed("finetune", outcome)

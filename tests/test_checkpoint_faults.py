@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from peftpipe.engines.hf import command
-from tests.test_hf_engine import make_run, run_script
+from tests.test_hf_engine import make_run, run_script, script_argv
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path: Path, hub_root: Path) -> None:
@@ -46,3 +48,21 @@ def test_resuming_at_max_steps_writes_valid_json_with_the_recorded_loss(tmp_path
     assert (paths.adapter_dir / "adapter_config.json").read_text() == adapter_config
     targets = json.loads(adapter_config)["target_modules"]
     assert targets == sorted(targets) and len(targets) > 1
+
+
+def test_a_diverging_loss_stops_with_its_step_and_is_diagnosed_as_such(tmp_path: Path, hub_root: Path) -> None:
+    from peftpipe.failures import FailureKind, diagnose
+
+    paths, config, _ = make_run(tmp_path, hub_root)
+    config.update(max_steps=6, checkpoint_every=1)
+    result = subprocess.run(script_argv(command.TRAIN_MODULE, config, paths.stage_config("finetune")),
+                            capture_output=True, text=True, env={**os.environ, "PEFTPIPE_FAULT_NAN_AT_STEP": "4"})
+    assert result.returncode == 3, result.stdout + result.stderr
+    diagnosis = diagnose("FAILED", 3, result.stdout)
+    assert diagnosis.kind is FailureKind.NAN_LOSS and "at step" in diagnosis.evidence, diagnosis
+    stopped_at = int(diagnosis.evidence.split("at step ")[1].split(";")[0])
+    assert stopped_at == 4
+    records = [json.loads(line) for line in paths.train_metrics_file.read_text().splitlines()]  # valid JSON
+    assert [r["step"] for r in records] == list(range(1, stopped_at))
+    newest = max(int(p.name.split("-")[1]) for p in (paths.finetune_dir / "checkpoints").glob("step-*"))
+    assert newest < stopped_at, "no checkpoint holds the non-finite state"

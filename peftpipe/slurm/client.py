@@ -32,6 +32,7 @@ class JobStatus:
     signal: int | None = None
     reason: str = ""
     raw_state: str = ""
+    nodes: str = ""  # sacct's NodeList ("None assigned" while pending)
 
     @property
     def terminal(self) -> bool:
@@ -52,7 +53,7 @@ def parse_exit_code(text: str) -> tuple[int | None, int | None]:
 
 
 def parse_sacct(output: str) -> dict[str, JobStatus]:
-    """Rows of ``sacct -X -n -P -o JobID,State,ExitCode,Reason``."""
+    """Rows of ``sacct -X -n -P -o JobID,State,ExitCode,Reason,NodeList``."""
     statuses: dict[str, JobStatus] = {}
     for row in output.splitlines():
         parts = row.split("|")
@@ -60,9 +61,11 @@ def parse_sacct(output: str) -> dict[str, JobStatus]:
             continue
         job_id, raw_state, exit_text = parts[0], parts[1], parts[2]
         reason = parts[3] if len(parts) > 3 else ""
+        nodes = parts[4] if len(parts) > 4 and parts[4] != "None assigned" else ""
         exit_code, sig = parse_exit_code(exit_text)
         # "CANCELLED by 0" -> CANCELLED
-        statuses[job_id] = JobStatus(job_id, raw_state.split(" ")[0].upper(), exit_code, sig, reason, raw_state)
+        statuses[job_id] = JobStatus(job_id, raw_state.split(" ")[0].upper(), exit_code, sig, reason, raw_state,
+                                     nodes)
     return statuses
 
 
@@ -118,7 +121,7 @@ class SlurmClient:
         ids = [str(job) for job in job_ids]
         if not ids:
             return {}
-        statuses = parse_sacct(self.run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason",
+        statuses = parse_sacct(self.run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason,NodeList",
                                           "-j", ",".join(ids)]).stdout)
         missing = [job for job in ids if job not in statuses]
         if missing:

@@ -31,7 +31,9 @@ def parse_scontrol_job(output: str) -> JobStatus | None:
         return None
     exit_code, sig = parse_exit_code(fields.get("ExitCode", ""))
     state = fields["JobState"].upper()
-    return JobStatus(fields["JobId"], state, exit_code, sig, fields.get("Reason", ""), state)
+    nodes = fields.get("NodeList", "")
+    return JobStatus(fields["JobId"], state, exit_code, sig, fields.get("Reason", ""), state,
+                     "" if nodes == "(null)" else nodes)
 
 
 def controller_status(client: SlurmClient, job_ids: list[str]) -> dict[str, JobStatus]:

@@ -188,6 +188,15 @@ def truncate_metrics(metrics_path: Path, last_step: int) -> None:
 # --- training -------------------------------------------------------------------------------------------
 
 
+def injected_nan_weights(trainable: list[torch.nn.Parameter], step: int) -> None:
+    """Test-only fault injection, off unless PEFTPIPE_FAULT_NAN_AT_STEP is set: one adapter weight
+    becomes NaN before that step, so the forward pass yields a non-finite loss as a divergence does."""
+    at = os.environ.get("PEFTPIPE_FAULT_NAN_AT_STEP")
+    if at and step + 1 == int(at):
+        with torch.no_grad():
+            trainable[0].view(-1)[0] = float("nan")
+
+
 def injected_oom(micro_batch_size: int, step: int) -> None:
     """Test-only fault injection, off unless PEFTPIPE_FAULT_OOM_ABOVE_MBS is set: a CUDA-style
     OOM when the micro batch exceeds that size (from step PEFTPIPE_FAULT_OOM_FROM_STEP on), so
@@ -337,12 +346,17 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         step_started = time.perf_counter()
         batch_examples = [train_examples[i] for i in global_batch_indices(step, gbs, len(train_examples), config["seed"])]
         batch_label_tokens = sum(label_tokens(e) for e in batch_examples)
+        injected_nan_weights(trainable, step)
         mine = batch_examples[rank * per_rank : (rank + 1) * per_rank]
         loss_total, tokens_seen, n_micro = accumulate_gradients(
             wrapped, prepared, mine, batch_label_tokens, settings, world, scaler, device, step)
         lr = optimizer_step(optimizer, scheduler, scaler, trainable)
         step += 1
         loss_value = all_reduce_sum(loss_total, world, device) / batch_label_tokens
+        if not math.isfinite(loss_value):  # every rank sees the same reduced loss, so all stop here
+            print(f"non-finite loss {loss_value} at step {step}; stopping before it reaches a checkpoint"
+                  " (lower the learning rate or check the data)", flush=True)
+            sys.exit(3)
         tokens_total = all_reduce_sum(tokens_seen, world, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
