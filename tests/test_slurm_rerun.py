@@ -21,7 +21,7 @@ def test_rerun_after_a_cancelled_job_submits_the_next_attempt_from_the_checkpoin
         tmp_path: Path, hub_root: Path, slurm_cluster: str) -> None:
     loaded = load_spec(write_spec(tmp_path / "spec", {
         "execution.backend": "slurm", "execution.slurm": {"mem": "2G", "cpus_per_task": 1, "poll_max_interval_s": 2},
-        "train.max_steps": 30, "train.checkpoint_every": 2}))
+        "train.max_steps": 12, "train.checkpoint_every": 2}))
     paths = RunPaths(tmp_path / "runs" / "rerun")
     prepare_dataset(loaded, paths.data_dir)
     model = hub_root / TINY_REPO_ID
@@ -43,7 +43,7 @@ def test_rerun_after_a_cancelled_job_submits_the_next_attempt_from_the_checkpoin
     lines: list[str] = []
     result = finetune_stage(loaded, paths, model, attempt=attempt, on_line=lines.append)
     assert result.job_id != cancelled[0]
-    assert result.final_step == 30 and result.resumed_from_step is not None and result.resumed_from_step >= 2
+    assert result.final_step == 12 and result.resumed_from_step is not None and result.resumed_from_step >= 2
     assert any(line.startswith("resuming from checkpoint step-") for line in lines)
     assert client.status([cancelled[0]])[cancelled[0]].state == "CANCELLED"
 
