@@ -26,7 +26,8 @@ from peftpipe.backends import LocalBackend  # noqa: E402
 from peftpipe.failures import fatal_line  # noqa: E402
 from peftpipe.paths import RunPaths  # noqa: E402
 from peftpipe.preflight import choose_micro_batch, gpu_memory_gib, memory_estimator  # noqa: E402
-from peftpipe.stages import finetune_stage, prepare_stage  # noqa: E402
+from peftpipe.engines.hf.stages import finetune_stage  # noqa: E402
+from peftpipe.stages import prepare_stage  # noqa: E402
 from peftpipe.validation import load_spec  # noqa: E402
 
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -112,10 +113,9 @@ def main() -> None:
     setup_s = time.monotonic() - started
 
     def run_one(settings):
-        return finetune_stage(loaded, paths, loaded.resolve(loaded.spec.model.path), settings.micro_batch_size,
-                              settings.attempt, on_line=lambda line: print(line, flush=True),
-                              activation_checkpointing=settings.activation_checkpointing,
-                              backend=LocalBackend(), stop_rule=fatal_line)
+        return finetune_stage(loaded, paths, loaded.resolve(loaded.spec.model.path), settings,
+                              on_line=lambda line: print(line, flush=True), backend=LocalBackend(),
+                              stop_rule=fatal_line)
 
     table: list[AttemptRecord] = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from peftpipe.artifacts_s3 import S3Access
 from peftpipe.hub.fetch import DEFAULT_TOKEN_HINT
+from peftpipe.spec import LoadedSpec
 
 AWS_SLUGS = ("aws-credentials", "minio-credentials", "s3-bucket")
 
@@ -56,3 +57,9 @@ def s3_access(block_ref: str | None) -> S3Access:
         block = block.credentials
     endpoint = block.aws_client_parameters.endpoint_url if block.aws_client_parameters else None
     return S3Access(session=block.get_boto3_session(), source=f"the {slug} block {name!r}", endpoint_url=endpoint)
+
+
+def store_access(loaded: LoadedSpec) -> S3Access | None:
+    """The credentials of the spec's artifact store: its S3 block's session, or None for a file store."""
+    artifacts = loaded.spec.artifacts
+    return s3_access(artifacts.s3.credentials_block) if artifacts.store.startswith("s3://") else None

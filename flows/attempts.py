@@ -8,12 +8,13 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from peftpipe.attempts import AttemptRecord, FinetuneGaveUp, first_attempt, run_attempts
+from peftpipe.engines import engine_for
 from peftpipe.paths import RunPaths
 from peftpipe.preflight import memory_estimator, model_config, preflight
+from peftpipe.results import TrainResult
 from peftpipe.retry import AttemptSettings
 from peftpipe.slurm.attempt_history import resumed_attempt
 from peftpipe.spec import LoadedSpec
-from peftpipe.stages import TrainResult
 from tasks.finetune import finetune
 
 __all__ = ["FinetuneGaveUp", "finetune_with_retries"]
@@ -21,27 +22,33 @@ __all__ = ["FinetuneGaveUp", "finetune_with_retries"]
 
 def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
                           micro_batch_size: int | None = None) -> TrainResult:
-    """Run attempts until one completes; after each failure, diagnose it and ask the policy what next."""
+    """Run attempts until one completes; after each failure, diagnose it and ask the policy what next.
+
+    The per-rank batch is global / the engine's data-parallel size (hf: every GPU; nemo: GPUs /
+    (TP x PP)). The preflight memory model sizes attempt 1 only for engines it describes.
+    """
     logger = get_run_logger()
+    spec = loaded.spec
+    engine = engine_for(spec.engine)
 
     def run_one(settings: AttemptSettings) -> TrainResult:
-        return finetune(loaded, paths, model_path, settings.micro_batch_size, settings.attempt,
-                        settings.activation_checkpointing, mem=f"{settings.mem_gb}G" if settings.mem_gb else None,
-                        exclude_nodes=settings.exclude_nodes)
+        return finetune(loaded, paths, model_path, settings)
 
-    spec = loaded.spec
-    config = model_config(spec, model_path)
-    estimator = memory_estimator(spec, config) if config else None
-    if micro_batch_size is None and spec.train.preflight:
-        checked = preflight(spec, config)
-        if checked is not None:
-            logger.info(checked.describe())
-            micro_batch_size = checked.micro_batch_size
+    estimator = None
+    if engine.memory_model:
+        config = model_config(spec, model_path)
+        estimator = memory_estimator(spec, config) if config else None
+        if micro_batch_size is None and spec.train.preflight:
+            checked = preflight(spec, config)
+            if checked is not None:
+                logger.info(checked.describe())
+                micro_batch_size = checked.micro_batch_size
     first = first_attempt(spec, micro_batch_size, resumed_attempt(loaded, paths, "finetune", logger.warning))
-    return run_attempts(spec, first, run_one,
-                        on_records=_publish_attempts, log=logger.warning, estimate_gib=estimator)
+    return run_attempts(spec, first, run_one, on_records=_publish_attempts,
+                        log=logger.warning, estimate_gib=estimator, data_parallel=engine.data_parallel_size(spec))
 
 
 def _publish_attempts(records: list[AttemptRecord]) -> None:
+    """One table (and key) for every engine, so a person finds it in one place."""
     create_table_artifact([record.as_row() for record in records], key="finetune-attempts",
                           description="Fine-tune attempts: diagnosis, settings and Slurm job of each")

@@ -17,11 +17,12 @@ from peftpipe.spec import LoadedSpec
 from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
-from flows.nemo import nemo_stages
 from flows.ui_artifacts import publish_run_artifacts
+from peftpipe.engines import engine_for
 from tasks.evaluate import evaluate
 from tasks.fetch_model import fetch_model
 from tasks.prepare_data import prepare_data
+from tasks.prepare_engine import prepare_engine
 from tasks.publish import publish
 
 DEFAULT_SPEC = "examples/tiny/spec.yaml"
@@ -124,11 +125,10 @@ def _run_stages(loaded: LoadedSpec, paths: RunPaths, run_id: str) -> dict[str, A
     get_run_logger().info("run %s in %s", run_id, paths.root)
     fetched = fetch_model(loaded, paths)
     data = prepare_data(loaded, paths)
-    if loaded.spec.engine == "nemo":
-        trained, metrics = nemo_stages(loaded, paths, fetched)
-    else:
-        trained = finetune_with_retries(loaded, paths, fetched.path)
-        metrics = evaluate(loaded, paths, fetched.path)
+    if "convert" in engine_for(loaded.spec.engine).stages:
+        prepare_engine(loaded, paths, fetched)
+    trained = finetune_with_retries(loaded, paths, fetched.path)
+    metrics = evaluate(loaded, paths, fetched.path)
     manifest = publish(loaded, paths, run_id, fetched, data, metrics)
     publish_run_artifacts(paths, metrics, manifest)
     return {

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from peftpipe.artifacts import ArtifactStore, open_store
+from blocks.credentials import store_access
+from peftpipe.artifacts import ArtifactStore
+from peftpipe.stores import open_store
 from peftpipe.spec import LoadedSpec
 
 
 def artifact_store(loaded: LoadedSpec) -> ArtifactStore:
-    from blocks.credentials import s3_access
-
     artifacts = loaded.spec.artifacts
-    access = s3_access(artifacts.s3.credentials_block) if artifacts.store.startswith("s3://") else None
-    return open_store(artifacts.store, artifacts.s3, access)
+    return open_store(artifacts.store, artifacts.s3, store_access(loaded))

@@ -1,3 +1,8 @@
-from peftpipe.cli import app
+"""``python -m peftpipe``: the command line (package ``cli``), kept as an entry point for scripts.
+
+An entry point is run, never imported, so it may reach the top layer from here.
+"""
+
+from cli.app import app
 
 app()

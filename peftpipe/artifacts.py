@@ -13,14 +13,10 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 from peftpipe.hashing import sha256_file
 
-if TYPE_CHECKING:
-    from peftpipe.artifacts_s3 import S3Access
-    from peftpipe.spec import S3StoreSpec
 
 MANIFEST = "manifest.json"
 # Top-level names starting with this hold the store's own records (promoted pointers); run ids
@@ -124,19 +120,6 @@ class FileArtifactStore:
 
     def url(self, run_id: str, key: str = "") -> str:
         return (self.root / run_id / key).resolve().as_uri()
-
-
-def open_store(url: str, s3: S3StoreSpec | None = None, access: S3Access | None = None,
-               on_progress: Progress | None = None) -> ArtifactStore:
-    """The store at ``url``; ``s3`` and ``access`` configure an ``s3://`` store (ignored otherwise)."""
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        return FileArtifactStore(Path(parts.netloc + parts.path).expanduser())
-    if parts.scheme == "s3":
-        from peftpipe.artifacts_s3 import S3ArtifactStore
-
-        return S3ArtifactStore.from_url(url, s3, access, on_progress)
-    raise ValueError(f"artifact store {url!r}: unsupported scheme {parts.scheme!r}")
 
 
 @dataclass(frozen=True)

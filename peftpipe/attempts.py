@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from peftpipe.failures import diagnose
 from peftpipe.retry import AttemptSettings, next_attempt
 from peftpipe.spec import RunSpec, memory_mb
-from peftpipe.stages import StageFailed, TrainResult
+from peftpipe.results import StageFailed, TrainResult
 
 
 class FinetuneGaveUp(RuntimeError):
@@ -46,19 +46,20 @@ class AttemptRecord:
 def first_attempt(spec: RunSpec, micro_batch_size: int | None = None, attempt: int = 1) -> AttemptSettings:
     """The spec's settings (or a preflight's smaller micro batch), with the job's memory.
 
+    The one place the micro batch defaults to the spec's: everything after reads the settings.
     ``attempt`` is 1 for a new run; a rerun after a failed job continues the numbering.
     """
     slurm = spec.execution.slurm
-    mem_gb = memory_mb(slurm.mem) // 1024 if spec.execution.backend == "slurm" else None
+    mem_mb = memory_mb(slurm.mem) if spec.execution.backend == "slurm" else None
     return AttemptSettings(attempt=attempt, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
-                           activation_checkpointing=spec.train.activation_checkpointing, mem_gb=mem_gb)
+                           activation_checkpointing=spec.train.activation_checkpointing, mem_mb=mem_mb)
 
 
-def memory_limit_gb(spec: RunSpec) -> int | None:
+def memory_limit_mb(spec: RunSpec) -> int | None:
     slurm = spec.execution.slurm
     if spec.execution.backend != "slurm" or slurm.max_mem is None:
         return None
-    return memory_mb(slurm.max_mem) // 1024
+    return memory_mb(slurm.max_mem)
 
 
 def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[AttemptSettings], TrainResult],
@@ -82,7 +83,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
         common = dict(attempt=settings.attempt, micro_batch_size=settings.micro_batch_size,
                       gradient_accumulation=per_rank // settings.micro_batch_size,
                       activation_checkpointing=settings.activation_checkpointing,
-                      mem=f"{settings.mem_gb}G" if settings.mem_gb else None,
+                      mem=settings.mem,
                       estimated_gib=round(estimate_gib(settings.micro_batch_size, settings.activation_checkpointing), 2)
                       if estimate_gib else None)
         try:
@@ -94,7 +95,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             evidence = f"{outcome.log_tail}\n{outcome.stopped_early}" if outcome.stopped_early else outcome.log_tail
             diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
             decision = next_attempt(diagnosis, settings, train.global_batch_size, data_parallel,
-                                    train.max_attempts, memory_limit_gb(spec), failed_nodes=split_nodes(outcome.nodes))
+                                    train.max_attempts, memory_limit_mb(spec), failed_nodes=split_nodes(outcome.nodes))
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
                                          evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
                                          duration_s=round(time.monotonic() - started, 1),

@@ -1,7 +1,8 @@
 """Where a stage's program runs: a local process group, or a Slurm job.
 
-Both take the same :class:`StageCommand` (what follows the interpreter, ranks per node) and
-give the same :class:`StageOutcome`, so stages and the retry loop do not care which it is.
+Both take the same :class:`StageCommand`, which an engine's ``job()`` builds (what follows the
+interpreter, ranks per node, the Slurm job, the attempt's config files), and give the same
+:class:`StageOutcome`, so stages and the retry loop do not care which it is.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from peftpipe.interrupts import raise_if_interrupted
 from peftpipe.local_runner import run_logged
 from peftpipe.paths import RunPaths
 from peftpipe.slurm.client import JobStatus, SlurmClient
-from peftpipe.launch import distributed_program
-from peftpipe.slurm.jobs import SOURCE_ROOT, stage_job
+from peftpipe.slurm.jobs import stage_job
+from peftpipe.slurm.launch import distributed_program
 from peftpipe.slurm.render import JobRequest, render_batch_script
 from peftpipe.slurm.status_query import ResilientStatus, SlurmUnreachable
 from peftpipe.slurm.watch import backoff_intervals, watch_job
@@ -39,11 +40,18 @@ class StageCommand:
     nodes: int = 1
     mem: str | None = None
     model_path: Path | None = None
-    # A job rendered by the engine itself (the nemo engine's stages); script_args then unused.
+    # The Slurm job as the engine rendered it: `peftpipe render` prints the same one. None only for a
+    # bare program (not an engine's stage): a plain job is built around script_args then.
     job: JobRequest | None = None
-    # The program is one of peftpipe's own engine scripts: containers get its source on PYTHONPATH.
-    peftpipe_script: bool = True
-    exclude_nodes: tuple[str, ...] = ()  # Slurm nodes this attempt must not run on
+    # Files the attempt's program reads (its config), written by the backend just before it runs.
+    files: dict[Path, str] = field(default_factory=dict)
+    # What `peftpipe render --json` prints for this stage.
+    described: dict[str, Any] = field(default_factory=dict)
+
+    def write_files(self) -> None:
+        for path, text in self.files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class LocalBackend:
 
     def run(self, loaded: LoadedSpec, paths: RunPaths, command: StageCommand, on_line: LineSink = print,
             stop_rule: StopRule | None = None) -> StageOutcome:
+        command.write_files()
         program, _, _ = distributed_program(sys.executable, command.script_args, 1, command.ranks_per_node,
                                             "torchrun")
         started = time.time()
@@ -104,10 +113,10 @@ class SlurmBackend:
         job_id, reattached, started = self._existing_job(paths, stage, attempt, on_line, slurm.status_outage_s)
         if job_id is None:
             job = command.job or stage_job(
-                loaded.spec, paths.root.name, paths, stage, attempt, command.script_args, host_python=sys.executable,
+                loaded.spec, paths.run_id, paths, stage, attempt, command.script_args, host_python=sys.executable,
                 gpus_per_node=command.gpus_per_node, nodes=command.nodes, mem=command.mem,
-                model_path=command.model_path, code_root=SOURCE_ROOT if command.peftpipe_script else None,
-                exclude=command.exclude_nodes)
+                model_path=command.model_path)
+            command.write_files()
             script = paths.job_script(stage, attempt)
             script.parent.mkdir(parents=True, exist_ok=True)
             script.write_text(render_batch_script(job))

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftpipe.interrupts import raise_if_interrupted
+from peftpipe.secret_env import SECRET_ENV_NAMES
 
-# Credentials are for the processes that download and upload; job processes never see them.
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class ProcessResult:
 
 
 def job_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

@@ -96,8 +96,11 @@ def gpu_memory_gib(spec: RunSpec) -> float | None:
 
 
 def model_config(spec: RunSpec, model_path: Path) -> dict | None:
-    """The model's config.json when the estimate can use it (a decoder and a method it models)."""
-    if spec.engine != "hf" or spec.peft.method not in ("lora", "ia3", "ptuning"):
+    """The model's config.json when the estimate can use it (a decoder and a method it models).
+
+    Only for engines whose ``memory_model`` says this estimate describes them (the flow asks).
+    """
+    if spec.peft.method not in ("lora", "ia3", "ptuning"):
         return None
     try:
         config = json.loads((model_path / "config.json").read_text())

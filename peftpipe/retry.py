@@ -10,16 +10,28 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from peftpipe.failures import Diagnosis, FailureKind
+from peftpipe.spec_execution import memory_text
 
 
 @dataclass(frozen=True)
 class AttemptSettings:
+    """What one fine-tune attempt runs with; travels whole from the retry policy to the job renderer.
+
+    Memory stays in megabytes (Slurm's own unit) so that ``mem: 4000M`` is submitted as
+    ``--mem=4000M``: no rounding to whole gigabytes on the way.
+    """
+
     attempt: int
     micro_batch_size: int
     activation_checkpointing: bool = False
-    mem_gb: int | None = None
+    mem_mb: int | None = None  # None: the job asks for execution.slurm.mem as written
     mem_raised: bool = False
     exclude_nodes: tuple[str, ...] = ()  # nodes a hardware fault was seen on (sbatch --exclude)
+
+    @property
+    def mem(self) -> str | None:
+        """``--mem`` for this attempt, exact: ``4000M``, ``2G``."""
+        return memory_text(self.mem_mb) if self.mem_mb is not None else None
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ NO_RETRY_FIX = {
 
 
 def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_size: int, data_parallel: int,
-                 max_attempts: int, mem_limit_gb: int | None = None,
+                 max_attempts: int, mem_limit_mb: int | None = None,
                  failed_nodes: tuple[str, ...] = ()) -> RetryDecision:
     """The next attempt's settings, or None with the reason; ``failed_nodes`` ran the failed attempt."""
     kind = diagnosis.kind
@@ -77,15 +89,16 @@ def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_si
         return RetryDecision(None, "GPU out of memory at micro batch 1 with activation checkpointing. Fix: use more"
                                    " GPUs or tensor parallelism, or lower train.max_seq_length")
     if kind is FailureKind.HOST_OOM:
-        if current.mem_gb is None or mem_limit_gb is None:
+        if current.mem_mb is None or mem_limit_mb is None:
             return RetryDecision(None, "host memory exhausted. Fix: request more memory for the job (--mem)")
-        raised = min(current.mem_gb * 2, mem_limit_gb)
-        if current.mem_raised or raised <= current.mem_gb:
-            return RetryDecision(None, f"host memory exhausted at {current.mem_gb} GB (limit {mem_limit_gb} GB);"
-                                       f" it needed more than {current.mem_gb} GB. Fix: use a partition with more"
+        raised = min(current.mem_mb * 2, mem_limit_mb)
+        held, limit = _size(current.mem_mb), _size(mem_limit_mb)
+        if current.mem_raised or raised <= current.mem_mb:
+            return RetryDecision(None, f"host memory exhausted at {held} (limit {limit});"
+                                       f" it needed more than {held}. Fix: use a partition with more"
                                        " memory per node or a smaller model")
-        return RetryDecision(replace(following, mem_gb=raised, mem_raised=True),
-                             f"host memory exhausted at {current.mem_gb} GB; retrying with {raised} GB")
+        return RetryDecision(replace(following, mem_mb=raised, mem_raised=True),
+                             f"host memory exhausted at {held}; retrying with {_size(raised)}")
     if kind in (FailureKind.TIMEOUT, FailureKind.PREEMPTED, FailureKind.NODE_FAIL, FailureKind.COMM_TIMEOUT):
         return RetryDecision(following, f"{kind.value}: resubmitting with the same settings; resumes from the"
                                         " latest checkpoint")
@@ -99,3 +112,8 @@ def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_si
     if kind is FailureKind.CONFIG_ERROR:
         return RetryDecision(None, f"configuration error, retrying cannot fix it: {diagnosis.evidence}")
     return RetryDecision(None, f"unrecognised failure, not retried: {diagnosis.evidence}")
+
+
+def _size(mb: int) -> str:
+    """For people: ``2 GB`` when whole gigabytes, else ``4000 MB`` (never rounded)."""
+    return f"{mb // 1024} GB" if mb % 1024 == 0 else f"{mb} MB"

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from peftpipe.engine_registry import ENGINES
 from peftpipe.spec_base import StrictModel
 from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is where callers look
     SECRET_ENV_NAMES,
@@ -21,9 +22,13 @@ from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is wh
     ExecutionSpec,
     SlurmSpec,
     memory_mb,
+    memory_text,
     time_limit_s,
 )
 from peftpipe.spec_nemo import NemoSpec
+
+# The registered engines' names (peftpipe/engine_registry.py): a new engine needs no edit here.
+EngineName = Literal[tuple(ENGINES)]  # type: ignore[valid-type]
 
 
 class ModelSource(StrictModel):
@@ -363,7 +368,7 @@ class RunSpec(StrictModel):
     dataset: DatasetSpec
     peft: PeftSpec = Field(default_factory=PeftSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    engine: Literal["hf", "nemo"] = Field("hf", description="hf: transformers + peft; nemo: NeMo 1.x scripts in the"
+    engine: EngineName = Field("hf", description="hf: transformers + peft; nemo: NeMo 1.x scripts in the"
                                                            " job's container (see the nemo section).")
     nemo: NemoSpec = Field(default_factory=NemoSpec, description="engine nemo only.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)

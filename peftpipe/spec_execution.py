@@ -7,12 +7,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from peftpipe.secret_env import SECRET_ENV_NAMES
 from peftpipe.spec_base import StrictModel
 
 MEMORY_PATTERN = re.compile(r"^(\d+)([MG])$")
 TIME_PATTERN = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
-SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                    "AWS_ACCESS_KEY_ID")
 
 
 def memory_mb(text: str) -> int:
@@ -22,6 +21,11 @@ def memory_mb(text: str) -> int:
         raise ValueError(f"{text!r} is not a memory size")
     number, unit = int(match.group(1)), match.group(2)
     return number * 1024 if unit == "G" else number
+
+
+def memory_text(mb: int) -> str:
+    """Megabytes as Slurm's ``--mem`` takes them, exactly: ``4096`` -> ``4G``, ``4000`` -> ``4000M``."""
+    return f"{mb // 1024}G" if mb % 1024 == 0 else f"{mb}M"
 
 
 def time_limit_s(text: str) -> int:

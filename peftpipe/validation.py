@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import string
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from peftpipe.engines import engine_for
+from peftpipe.spec_issues import SpecError, SpecIssue
 from peftpipe.spec import (
     CUSTOM_FORMATS,
     TEMPLATE_KEYS,
@@ -29,30 +30,6 @@ from peftpipe.spec import (
     template_fields,
     time_limit_s,
 )
-
-ENGINE_METHODS: dict[str, tuple[str, ...]] = {
-    "hf": ("lora", "ia3", "ptuning"),
-    "nemo": ("lora", "ptuning", "adapter", "ia3"),
-}
-
-
-@dataclass(frozen=True)
-class SpecIssue:
-    field: str
-    problem: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.problem}. Fix: {self.fix}."
-
-
-class SpecError(Exception):
-    """A spec that must not run; ``issues`` lists every problem found."""
-
-    def __init__(self, issues: list[SpecIssue]):
-        self.issues = issues
-        super().__init__("\n".join(str(issue) for issue in issues))
-
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
               defaults: dict[str, Any] | None = None) -> LoadedSpec:
@@ -110,17 +87,7 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     spec = loaded.spec
     issues: list[SpecIssue] = []
     train = spec.train
-    per_step = train.micro_batch_size * train.data_parallel_size
-    # The nemo engine checks this itself: its data-parallel size is the GPU count / (TP x PP).
-    if spec.engine != "nemo" and train.global_batch_size % per_step:
-        issues.append(
-            SpecIssue(
-                "train.global_batch_size",
-                f"{train.global_batch_size} is not divisible by micro_batch_size {train.micro_batch_size}"
-                f" x data-parallel {train.data_parallel_size}",
-                f"use a multiple of {per_step}",
-            )
-        )
+    engine = engine_for(spec.engine)
     if train.warmup_steps >= train.max_steps:
         issues.append(
             SpecIssue(
@@ -129,7 +96,7 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
                 "use fewer warm-up steps than training steps",
             )
         )
-    supported = ENGINE_METHODS[spec.engine]
+    supported = engine.methods
     if spec.peft.method not in supported:
         issues.append(
             SpecIssue(
@@ -151,12 +118,8 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     issues += _check_model(loaded)
     issues += _check_dataset(loaded)
     issues += _check_slurm(loaded)
-    if spec.engine == "nemo":
-        from peftpipe.engines.nemo.validate import check_nemo
-
-        issues += check_nemo(loaded)
-    elif "nemo" in spec.model_fields_set:
-        issues.append(SpecIssue("nemo", f"applies to engine nemo, not {spec.engine}", "remove it or set engine: nemo"))
+    # The engine's own checks (global batch vs. its data-parallel size, its section of the spec).
+    issues += engine.validate(loaded)
     if spec.peft.method != "adapter" and "adapter" in spec.peft.model_fields_set:
         issues.append(SpecIssue("peft.adapter", f"applies to method adapter, not {spec.peft.method}", "remove it"))
     return issues

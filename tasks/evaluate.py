@@ -1,3 +1,5 @@
+"""Evaluation as a task, for every engine (looked up by ``spec.engine``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +8,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from peftpipe import stages
+from blocks.credentials import store_access
+from peftpipe.engines import engine_for
 from peftpipe.paths import RunPaths
 from peftpipe.spec import LoadedSpec
 from tasks.gpu_slot import gpu_job_slot
@@ -14,9 +17,10 @@ from tasks.gpu_slot import gpu_job_slot
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def evaluate(loaded: LoadedSpec, paths: RunPaths, model_path: Path) -> dict[str, Any]:
-    """Generate on the test split and score the predictions."""
+    """Generate on the test split with the trained adapter and score the predictions."""
     logger = get_run_logger()
     with gpu_job_slot(loaded):
-        metrics = stages.evaluate_stage(loaded, paths, model_path, on_line=logger.info)
+        metrics = engine_for(loaded.spec.engine).evaluate(loaded, paths, model_path, on_line=logger.info,
+                                                          access=store_access(loaded))
     logger.info("metrics %s", metrics)
     return metrics

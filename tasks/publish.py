@@ -5,7 +5,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.credentials import s3_access
+from blocks.credentials import store_access
 from peftpipe import stages
 from peftpipe.artifacts import Progress, StoreUnavailable
 from peftpipe.data.prepare import PreparedData
@@ -46,9 +46,7 @@ def publish(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: FetchedMode
             metrics: dict[str, Any]) -> dict[str, Any]:
     """Store adapter, predictions, metrics and logs, then the manifest that marks the run complete."""
     logger = get_run_logger()
-    artifacts = loaded.spec.artifacts
-    access = s3_access(artifacts.s3.credentials_block) if artifacts.store.startswith("s3://") else None
-    manifest = stages.publish_stage(loaded, paths, run_id, model, data, metrics, access=access,
+    manifest = stages.publish_stage(loaded, paths, run_id, model, data, metrics, access=store_access(loaded),
                                     on_line=logger.info, on_progress=_quarterly(logger.info))
     logger.info("published %d objects; manifest %s", len(manifest["objects"]), manifest["manifest_url"])
     return manifest

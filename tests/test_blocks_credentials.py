@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peftpipe.artifacts import ArtifactStoreError, open_store
+from peftpipe.artifacts import ArtifactStoreError
+from peftpipe.stores import open_store
 from peftpipe.spec import S3StoreSpec
 from tests.s3_fixtures import BUCKET, SeaweedS3
 

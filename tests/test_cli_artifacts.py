@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from peftpipe.artifacts import open_store, publish_directory
+from peftpipe.artifacts import publish_directory
+from peftpipe.stores import open_store
 from peftpipe.artifacts_s3 import S3Access
 from peftpipe.spec import S3StoreSpec
 from tests.s3_fixtures import BUCKET, SeaweedS3

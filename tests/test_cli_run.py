@@ -39,7 +39,7 @@ def test_run_killed_trainer_then_rerun_resumes(tmp_path: Path, hub_endpoint: str
     env = {**os.environ, "HF_ENDPOINT": hub_endpoint, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
     argv = [sys.executable, "-m", "peftpipe", "run", str(spec), "--run-id", "resume-me"]
     run_dir = workdir / "resume-me"
-    config_file = run_dir / "finetune" / "config.json"
+    config_file = run_dir / "finetune" / "attempt-1" / "config.json"
 
     first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from peftpipe.cli import app
+from cli.app import app
 from tests.conftest import TINY_REPO_ID
 
 DATA = Path(__file__).parent / "data" / "datasets"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from peftpipe.cli import app
+from cli.app import app
 from peftpipe.data.convert import resolve_sources
 from peftpipe.data.prepare import convert_dataset
 from peftpipe.data.records import DatasetError

@@ -53,7 +53,7 @@ def test_flow_with_gated_model_publishes_to_s3_and_leaks_no_secret(tmp_path: Pat
     from prefect_aws import AwsClientParameters, AwsCredentials
 
     from flows.finetune import finetune
-    from peftpipe.artifacts import open_store
+    from peftpipe.stores import open_store
     from peftpipe.artifacts_s3 import S3Access
     from peftpipe.spec import S3StoreSpec
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from peftpipe.cli import app
+from cli.app import app
 from peftpipe.failures import FailureKind, diagnose
 from peftpipe.retry import AttemptSettings, next_attempt, smaller_micro_batch
 
@@ -88,9 +88,10 @@ def test_gpu_oom_steps_down_then_checkpoints_activations_then_stops() -> None:
 
 def test_host_oom_raises_memory_once_within_the_limit() -> None:
     oom = diagnose("OUT_OF_MEMORY", 0, (LOGS / "host_oom_cgroup.log").read_text())
-    first = next_attempt(oom, AttemptSettings(1, 4, mem_gb=64), 64, 1, max_attempts=5, mem_limit_gb=100)
-    assert first.next.mem_gb == 100
-    second = next_attempt(oom, first.next, 64, 1, max_attempts=5, mem_limit_gb=100)
+    first = next_attempt(oom, AttemptSettings(1, 4, mem_mb=64 * 1024), 64, 1, max_attempts=5,
+                         mem_limit_mb=100 * 1024)
+    assert first.next.mem_mb == 100 * 1024
+    second = next_attempt(oom, first.next, 64, 1, max_attempts=5, mem_limit_mb=100 * 1024)
     assert not second.retry and "it needed more than 100 GB" in second.reason
 
 

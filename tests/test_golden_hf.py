@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peftpipe.engines.hf import command
-from peftpipe.launch import distributed_program
+from peftpipe.slurm.launch import distributed_program
 from peftpipe.paths import RunPaths
 from peftpipe.validation import load_spec
 from tests.conftest import write_spec

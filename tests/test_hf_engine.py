@@ -14,7 +14,7 @@ import pytest
 
 from peftpipe.data.prepare import prepare_dataset
 from peftpipe.engines.hf import command
-from peftpipe.launch import distributed_program
+from peftpipe.slurm.launch import distributed_program
 from peftpipe.engines.hf.train import global_batch_indices
 from peftpipe.paths import RunPaths
 from peftpipe.validation import load_spec

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from peftpipe.cli import app
+from cli.app import app
 from peftpipe.engines.nemo import convert
 from peftpipe.engines.nemo.checkpoints import Entry, clear_stale_checkpoints, plan_cleanup
-from peftpipe.engines.nemo.errors import NemoSpecError
 from peftpipe.engines.nemo.finetune import lora_target_modules, nemo_prompt_template
 from peftpipe.engines.nemo.generate import read_nemo_predictions, read_test_loss
 from peftpipe.engines.nemo.overrides import override
@@ -50,9 +49,10 @@ def test_converter_from_architectures_or_model_type(config: dict, name: str) -> 
 
 def test_a_converter_the_container_lacks_names_the_profiles_that_have_it() -> None:
     qwen = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
-    with pytest.raises(NemoSpecError, match="container 24.05 has no qwen2 converter") as error:
+    with pytest.raises(SpecError, match="container 24.05 has no qwen2 converter") as error:
         convert.choose_converter(qwen, PROFILES["24.05"])
-    assert error.value.field == "nemo.profile" and "24.07" in error.value.fix
+    issue, = error.value.issues
+    assert issue.field == "nemo.profile" and "24.07" in issue.fix
     assert convert.choose_converter(qwen, PROFILES["24.07"]).name == "qwen2"
 
 
@@ -63,7 +63,7 @@ def test_gemma_gets_its_tokenizer_and_llama31_is_explicit_from_24_09() -> None:
     llama = PROFILES["24.09"].converters["llama"]
     assert convert.converter_argv(llama, Path("/m"), Path("/o"), "bf16", LLAMA31)[-1] == "--llama31=True"
     assert convert.converter_argv(llama, Path("/m"), Path("/o"), "bf16", LLAMA2)[-1] == "--llama31="
-    with pytest.raises(NemoSpecError, match="16 is not accepted by the gemma converter"):
+    with pytest.raises(SpecError, match="16 is not accepted by the gemma converter"):
         convert.converter_argv(gemma, Path("/m"), Path("/o"), "16", GEMMA_2B)
 
 
@@ -93,9 +93,9 @@ def test_lora_targets_map_hf_names_to_nemos_fused_modules() -> None:
     assert lora_target_modules(["q_proj", "k_proj", "v_proj", "o_proj"]) == ["attention_qkv", "attention_dense"]
     assert lora_target_modules(["down_proj", "gate_proj", "up_proj"]) == ["mlp_fc1", "mlp_fc2"]
     assert lora_target_modules(["all"]) == ["all"]
-    with pytest.raises(NemoSpecError, match="without \\['k_proj'\\]"):
+    with pytest.raises(SpecError, match="without \\['k_proj'\\]"):
         lora_target_modules(["q_proj", "v_proj"])
-    with pytest.raises(NemoSpecError, match="exit 1"):
+    with pytest.raises(SpecError, match="exit 1"):
         lora_target_modules(["lm_head"])
 
 

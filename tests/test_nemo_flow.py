@@ -111,7 +111,7 @@ def test_nemo_flow_with_oom_retry_then_reuses_the_converted_base(tmp_path: Path,
 
     # Evaluation on a node that never saw the training job's files: the base and adapter .nemo
     # come back from the artifact store, verified against its manifests, and generation runs.
-    from peftpipe import stages_nemo
+    from peftpipe.engines.nemo import stages as stages_nemo
     from peftpipe.artifacts import sha256_file
     from peftpipe.paths import RunPaths
     from peftpipe.validation import load_spec

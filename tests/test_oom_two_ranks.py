@@ -12,7 +12,8 @@ import pytest
 from peftpipe.attempts import AttemptRecord, first_attempt, run_attempts
 from peftpipe.backends import LocalBackend
 from peftpipe.failures import fatal_line
-from peftpipe.stages import fetch_stage, finetune_stage, prepare_stage, run_paths
+from peftpipe.engines.hf.stages import finetune_stage
+from peftpipe.stages import fetch_stage, prepare_stage, run_paths
 from peftpipe.validation import load_spec
 from tests.conftest import write_spec
 
@@ -36,8 +37,8 @@ def test_oom_on_one_rank_stops_both_and_the_retry_finishes(tmp_path: Path, hub_e
 
     def run_one(settings):
         try:
-            return finetune_stage(loaded, paths, model.path, settings.micro_batch_size, settings.attempt,
-                                  on_line=lambda line: None, backend=LocalBackend(), stop_rule=fatal_line)
+            return finetune_stage(loaded, paths, model.path, settings, on_line=lambda line: None,
+                                  backend=LocalBackend(), stop_rule=fatal_line)
         finally:
             ended.append(time.time())
 

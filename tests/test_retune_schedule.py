@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from peftpipe.artifacts import open_store
+from peftpipe.stores import open_store
 from peftpipe.promotion import read_promoted
 from tests.conftest import write_spec
 from tests.prefect_stack import Stack

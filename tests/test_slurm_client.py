@@ -90,7 +90,7 @@ def test_one_sacct_call_answers_for_many_jobs(tmp_path: Path, slurm_cluster: str
 
 def test_host_oom_raises_mem_once_within_the_partition_limit(tmp_path: Path, slurm_cluster: str) -> None:
     from peftpipe.attempts import FinetuneGaveUp, first_attempt, run_attempts
-    from peftpipe.stages import StageFailed, TrainResult
+    from peftpipe.results import StageFailed, TrainResult
 
     # Holds 1.5 GB for a few seconds: more than the first attempt's --mem=1G, less than 2G.
     program = ["-c", "import time; held = b'x' * (1500 * 2**20); time.sleep(6); print('held 1.5 GB')"]
@@ -102,7 +102,7 @@ def test_host_oom_raises_mem_once_within_the_partition_limit(tmp_path: Path, slu
         records: list = []
 
         def run_one(settings):
-            command = StageCommand("finetune", settings.attempt, program, mem=f"{settings.mem_gb}G")
+            command = StageCommand("finetune", settings.attempt, program, mem=settings.mem)
             outcome = SlurmBackend().run(loaded, paths, command, stop_rule=fatal_line)
             if not outcome.succeeded:
                 raise StageFailed("finetune", outcome)

@@ -42,7 +42,7 @@ def slurm_spec(tmp_path: Path, changes: dict) -> Path:
 
 def test_hf_without_container(tmp_path: Path) -> None:
     loaded = load_spec(slurm_spec(tmp_path, {"train.devices": 2}))
-    args = command.training_script_args(RUN.stage_config("finetune"))
+    args = command.training_script_args(RUN.stage_config("finetune", 2))
     job = stage_job(loaded.spec, RUN_ID, RUN, "finetune", 2, args, host_python="/shared/envs/peftpipe/bin/python",
                     gpus_per_node=2, model_path=MODEL)
     assert_matches_golden("slurm_hf_none.sbatch", render_batch_script(job))

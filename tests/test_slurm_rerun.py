@@ -10,7 +10,9 @@ from peftpipe.data.prepare import prepare_dataset
 from peftpipe.paths import RunPaths
 from peftpipe.slurm.attempt_history import first_attempt_number
 from peftpipe.slurm.client import SlurmClient
-from peftpipe.stages import StageFailed, finetune_stage
+from peftpipe.engines.hf.stages import finetune_stage
+from peftpipe.results import StageFailed
+from peftpipe.retry import AttemptSettings
 from peftpipe.validation import load_spec
 from tests.conftest import TINY_REPO_ID, write_spec
 
@@ -34,14 +36,14 @@ def test_rerun_after_a_cancelled_job_submits_the_next_attempt_from_the_checkpoin
 
     cancelled: list[str] = []
     with pytest.raises(StageFailed, match="ended CANCELLED"):
-        finetune_stage(loaded, paths, model, attempt=1, on_line=cancel_at_first_checkpoint)
+        finetune_stage(loaded, paths, model, AttemptSettings(1, 4), on_line=cancel_at_first_checkpoint)
 
     notes: list[str] = []
     attempt = first_attempt_number(paths, "finetune", client, on_line=notes.append)
     assert attempt == 2, notes
     assert f"finetune attempt 1 (Slurm job {cancelled[0]}) ended CANCELLED; this run starts attempt 2" in notes[0]
     lines: list[str] = []
-    result = finetune_stage(loaded, paths, model, attempt=attempt, on_line=lines.append)
+    result = finetune_stage(loaded, paths, model, AttemptSettings(attempt, 4), on_line=lines.append)
     assert result.job_id != cancelled[0]
     assert result.final_step == 12 and result.resumed_from_step is not None and result.resumed_from_step >= 2
     assert any(line.startswith("resuming from checkpoint step-") for line in lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from peftpipe.cli import app
+from cli.app import app
 from peftpipe.validation import load_spec
 from tests.conftest import write_spec
 

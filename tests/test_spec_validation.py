@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from peftpipe.cli import app
+from cli.app import app
 from peftpipe.validation import SpecError, load_spec
 from tests.conftest import EXAMPLE_SPEC, write_spec
 

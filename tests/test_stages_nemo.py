@@ -10,7 +10,7 @@ from peftpipe.engines.nemo import jobs
 from peftpipe.engines.nemo.layout import NemoPaths
 from peftpipe.hub.fetch import FetchedModel, use_local_model
 from peftpipe.paths import RunPaths
-from peftpipe.stages_nemo import base_store_run, conversion_inputs, last_checkpoint_step, read_train_log
+from peftpipe.engines.nemo.stages import base_store_run, conversion_inputs, last_checkpoint_step, read_train_log
 from tests.nemo_cases import LLAMA, load
 
 # megatron_gpt_finetuning.py's progress bar as Lightning redraws it (\r) with NeMo's logged metrics.
@@ -85,7 +85,7 @@ def test_a_hub_model_is_identified_by_its_commit(tmp_path: Path) -> None:
 
 def test_a_damaged_stored_nemo_is_converted_again_not_used(tmp_path: Path) -> None:
     from peftpipe.artifacts import FileArtifactStore, publish_directory
-    from peftpipe.stages_nemo import BASE_NEMO_KEY, _restore_base
+    from peftpipe.engines.nemo.stages import BASE_NEMO_KEY, _restore_base
 
     store = FileArtifactStore(tmp_path / "store")
     converted = tmp_path / "base.nemo"
@@ -104,7 +104,7 @@ def test_a_damaged_stored_nemo_is_converted_again_not_used(tmp_path: Path) -> No
 
 
 def test_a_late_ranks_resume_line_after_training_is_not_a_resume() -> None:
-    from peftpipe.stages_nemo import read_train_log
+    from peftpipe.engines.nemo.stages import read_train_log
 
     log = ("Epoch 0: : 3/3 reduced_train_loss=0.736, global_step=3.0\n"
            "[NeMo I exp_manager:658] Resuming training from checkpoint: /x/ckpt--step=3-consumed_samples=24.0-last.ckpt\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftpipe.paths import RunPaths
-from peftpipe.launch import distributed_program
+from peftpipe.slurm.launch import distributed_program
 from peftpipe.slurm.render import JobRequest
 from peftpipe.spec import RunSpec
 

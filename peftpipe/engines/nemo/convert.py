@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftpipe.engines.nemo.errors import NemoSpecError
+from peftpipe.spec_issues import SpecError
 from peftpipe.engines.nemo.profiles import Converter, Profile
 
 # HF `architectures` entries and `model_type` values -> converter name.
@@ -51,12 +51,12 @@ def choose_converter(hf_config: dict[str, Any], profile: Profile) -> Converter:
     name = converter_name(hf_config)
     label = ", ".join(hf_config.get("architectures") or []) or hf_config.get("model_type") or "unknown"
     if name is None:
-        raise NemoSpecError("model", f"{label} has no HF -> .nemo converter in NeMo",
+        raise SpecError.single("model", f"{label} has no HF -> .nemo converter in NeMo",
                            f"use one of {', '.join(sorted(set(ARCHITECTURES)))}, or convert it yourself and set"
                            " nemo.nemo_path")
     if name not in profile.converters:
         newer = [p for p in ("24.07", "24.09") if p != profile.name]
-        raise NemoSpecError("nemo.profile", f"container {profile.name} has no {name} converter ({label})",
+        raise SpecError.single("nemo.profile", f"container {profile.name} has no {name} converter ({label})",
                            f"use profile {' or '.join(newer)} with its image, or set nemo.nemo_path to a converted"
                            " .nemo")
     return profile.converters[name]
@@ -132,7 +132,7 @@ def converter_argv(converter: Converter, input_dir: Path, output_path: Path, pre
                    hf_config: dict[str, Any], gpus: int = 0) -> list[str]:
     """Everything after the script path; flags as the profile's converter declares them."""
     if precision not in converter.precisions:
-        raise NemoSpecError("nemo.convert.precision", f"{precision} is not accepted by the {converter.name} converter"
+        raise SpecError.single("nemo.convert.precision", f"{precision} is not accepted by the {converter.name} converter"
                            f" (--precision {'/'.join(converter.precisions)})",
                            f"set nemo.convert.precision to one of {', '.join(converter.precisions)}")
     argv = ["--input_name_or_path", str(input_dir), "--output_path", str(output_path), "--precision", precision]

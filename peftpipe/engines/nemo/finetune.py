@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peftpipe.engines.nemo.errors import NemoSpecError
+from peftpipe.spec_issues import SpecError
 from peftpipe.engines.nemo.layout import NemoPaths, experiment_name
 from peftpipe.engines.nemo.overrides import override
 from peftpipe.engines.nemo.resources import precision_value, trainer_precision
@@ -35,13 +35,13 @@ def lora_target_modules(names: list[str]) -> list[str]:
     """NeMo ``lora_tuning.target_modules`` for HF or NeMo module names, in NeMo's order."""
     unknown = [n for n in names if n not in HF_TO_NEMO and n not in NEMO_TARGETS]
     if unknown:
-        raise NemoSpecError("peft.lora.target_modules", f"{unknown} name no module NeMo can adapt (an unknown name"
+        raise SpecError.single("peft.lora.target_modules", f"{unknown} name no module NeMo can adapt (an unknown name"
                             " makes megatron_gpt_finetuning.py exit 1)",
                             f"use NeMo's {', '.join(NEMO_TARGETS)} or the HF names {', '.join(HF_TO_NEMO)}")
     for group in FUSED_GROUPS:
         present = group & set(names)
         if present and present != group:
-            raise NemoSpecError("peft.lora.target_modules", f"lists {sorted(present)} without"
+            raise SpecError.single("peft.lora.target_modules", f"lists {sorted(present)} without"
                                 f" {sorted(group - present)}; NeMo fuses them into one linear layer",
                                 f"list all of {sorted(group)} or none")
     mapped = {HF_TO_NEMO.get(n, n) for n in names}
@@ -96,7 +96,7 @@ def finetune_overrides(spec: RunSpec, paths: NemoPaths, base_nemo: Path, micro_b
     train, nemo = spec.train, spec.nemo
     precision = trainer_precision(spec)
     if precision is None:
-        raise NemoSpecError("train.precision", "auto cannot choose between bf16 and 16 without the GPU model",
+        raise SpecError.single("train.precision", "auto cannot choose between bf16 and 16 without the GPU model",
                             "set execution.slurm.gpu_type or nemo.gpu (e.g. v100, a100), or set train.precision")
     micro = micro_batch_size or train.micro_batch_size
     checkpointing = train.activation_checkpointing if activation_checkpointing is None else activation_checkpointing

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from peftpipe.engines.nemo.errors import NemoSpecError
+from peftpipe.spec_issues import SpecError
 from peftpipe.engines.nemo.finetune import nemo_prompt_template
 from peftpipe.engines.nemo.layout import TEST_NAME, NemoPaths
 from peftpipe.engines.nemo.overrides import override
@@ -50,7 +50,7 @@ def generation_settings(spec: RunSpec, profile: Profile) -> dict[str, Any]:
 def generate_overrides(spec: RunSpec, paths: NemoPaths, base_nemo: Path, profile: Profile) -> list[str]:
     precision = trainer_precision(spec)
     if precision is None:
-        raise NemoSpecError("train.precision", "auto cannot choose between bf16 and 16 without the GPU model",
+        raise SpecError.single("train.precision", "auto cannot choose between bf16 and 16 without the GPU model",
                             "set execution.slurm.gpu_type or nemo.gpu, or set train.precision")
     layout = generate_layout(spec)
     batch = spec.evaluation.batch_size

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from peftpipe.engines.nemo import convert
-from peftpipe.engines.nemo.errors import NemoSpecError
+from peftpipe.spec_issues import SpecError
 from peftpipe.engines.nemo.finetune import finetune_overrides
 from peftpipe.engines.nemo.generate import generate_overrides
 from peftpipe.engines.nemo.layout import NemoPaths, base_nemo
@@ -22,7 +22,7 @@ from peftpipe.engines.nemo.resources import convert_precision, generate_layout
 from peftpipe.paths import RunPaths
 from peftpipe.slurm.jobs import stage_job
 from peftpipe.slurm.render import JobRequest
-from peftpipe.spec import LoadedSpec, memory_mb
+from peftpipe.spec import LoadedSpec, memory_mb, memory_text
 
 STAGES = ("convert", "finetune", "evaluate")
 
@@ -51,7 +51,7 @@ class NemoCommand:
 
 def profile_of(loaded: LoadedSpec) -> Profile:
     if loaded.spec.nemo.profile is None:
-        raise NemoSpecError("nemo.profile", "is required with engine nemo", "set the NeMo container's profile")
+        raise SpecError.single("nemo.profile", "is required with engine nemo", "set the NeMo container's profile")
     return get_profile(loaded.spec.nemo.profile)
 
 
@@ -62,7 +62,7 @@ def convert_command(loaded: LoadedSpec, paths: NemoPaths, model_dir: Path,
     converter = convert.choose_converter(hf_config, profile)
     precision = convert_precision(spec)
     if precision is None:
-        raise NemoSpecError("nemo.convert.precision", "cannot follow train.precision auto without the GPU model",
+        raise SpecError.single("nemo.convert.precision", "cannot follow train.precision auto without the GPU model",
                             "set nemo.convert.precision or execution.slurm.gpu_type")
     gpus = spec.nemo.convert.gpus
     argv = convert.converter_argv(converter, model_dir, paths.converted_nemo, precision, hf_config, gpus)
@@ -93,13 +93,17 @@ def convert_mem(loaded: LoadedSpec, hf_config: dict[str, Any]) -> str:
     if spec.nemo.convert.mem:
         return spec.nemo.convert.mem
     estimate_mb = convert.host_memory_gib(hf_config) * 1024
-    return f"{max(estimate_mb, memory_mb(spec.execution.slurm.mem)) // 1024}G"
+    return memory_text(max(estimate_mb, memory_mb(spec.execution.slurm.mem)))
 
 
 def job_request(loaded: LoadedSpec, run_id: str, run_paths: RunPaths, command: NemoCommand, attempt: int, *,
-                host_python: str, model_dir: Path | None = None, hf_config: dict[str, Any] | None = None
-                ) -> JobRequest:
-    """The Slurm job for ``command``: GPUs, nodes, memory and binds for its stage."""
+                host_python: str, model_dir: Path | None = None, hf_config: dict[str, Any] | None = None,
+                mem: str | None = None, exclude: tuple[str, ...] = ()) -> JobRequest:
+    """The Slurm job for ``command``: GPUs, nodes, memory and binds for its stage.
+
+    ``mem`` is the attempt's host memory (a retry after a host OOM raises it); default
+    ``execution.slurm.mem`` (``convert_mem`` for the convert job).
+    """
     spec = loaded.spec
     paths = NemoPaths(run_paths)
     if command.stage == "convert":
@@ -119,7 +123,7 @@ def job_request(loaded: LoadedSpec, run_id: str, run_paths: RunPaths, command: N
             layout = generate_layout(spec)
             devices, nodes, stage = layout.devices, layout.nodes, "evaluate"
         job = stage_job(spec, run_id, run_paths, stage, attempt, command.script_args, host_python=host_python,
-                        gpus_per_node=devices, nodes=nodes, model_path=bind)
+                        gpus_per_node=devices, nodes=nodes, mem=mem, model_path=bind, exclude=exclude)
     lines = [f"NeMo container profile {command.profile}: NVIDIA/NeMo {get_profile(command.profile).ref}."]
     lines += [textwrap.fill(f"Note: {note}", width=100) for note in command.notes]
     return replace(job, description=job.description + "\n" + "\n".join(lines))

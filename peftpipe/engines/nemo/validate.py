@@ -14,14 +14,13 @@ from typing import Any
 import yaml
 
 from peftpipe.engines.nemo import convert
-from peftpipe.engines.nemo.errors import NemoSpecError
+from peftpipe.spec_issues import SpecError, SpecIssue
 from peftpipe.engines.nemo.finetune import lora_target_modules
 from peftpipe.engines.nemo.overrides import hydra_string
 from peftpipe.engines.nemo.profiles import PROFILES, Profile
 from peftpipe.engines.nemo.resources import (compute_capability, convert_precision, data_parallel_size,
                                              generate_layout, gpu_name, trainer_precision, world_size)
 from peftpipe.spec import LoadedSpec, RunSpec, memory_mb, template_fields
-from peftpipe.validation import SpecIssue
 
 
 def check_nemo(loaded: LoadedSpec) -> list[SpecIssue]:
@@ -123,8 +122,8 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
     if spec.peft.method == "lora":
         try:
             lora_target_modules(spec.peft.lora.target_modules)
-        except NemoSpecError as error:
-            issues.append(SpecIssue(error.field, error.problem, error.fix))
+        except SpecError as error:
+            issues.extend(error.issues)
     if spec.peft.method == "ia3" and spec.peft.ia3.model_fields_set:
         issues.append(SpecIssue("peft.ia3", "NeMo's IA3 scales keys, values and the MLP input at fixed places;"
                                 " target_modules and feedforward_modules cannot be chosen",
@@ -201,8 +200,8 @@ def _check_conversion(loaded: LoadedSpec, profile: Profile, hf_config: dict[str,
     spec = loaded.spec
     try:
         converter = convert.choose_converter(hf_config, profile)
-    except NemoSpecError as error:
-        return [SpecIssue(error.field, error.problem, error.fix)]
+    except SpecError as error:
+        return list(error.issues)
     issues: list[SpecIssue] = []
     precision = convert_precision(spec)
     if precision is not None and precision not in converter.precisions:

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from peftpipe.cli_data import data_app
-from peftpipe.cli_render import render
-from peftpipe.cli_artifacts import app as artifacts_app
-from peftpipe.validation import SpecError, load_spec
+from cli.artifacts import app as artifacts_app
+from cli.data import data_app
+from cli.render import render
+from cli.specs import SetOption, errors, load_or_exit, parse_overrides
 
 app = typer.Typer(help="Parameter-efficient fine-tuning pipelines for Slurm clusters.", no_args_is_help=True)
 hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=True)
@@ -23,41 +22,11 @@ app.add_typer(data_app, name="data")
 app.command()(render)
 app.add_typer(artifacts_app, name="artifacts")
 console = Console()
-errors = Console(stderr=True)
-
-INVALID_SPEC_EXIT = 2
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a spec key before validation, e.g. --set train.micro_batch_size=2."),
-]
-
-
-def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            errors.print(f"--set {pair!r}: expected KEY=VALUE, e.g. train.micro_batch_size=2")
-            raise typer.Exit(INVALID_SPEC_EXIT)
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
-def _load_or_exit(spec: Path, overrides: dict[str, Any]):
-    try:
-        return load_spec(spec, overrides)
-    except SpecError as error:
-        errors.print(f"[bold red]{spec}: invalid run spec[/]")
-        for issue in error.issues:
-            errors.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(INVALID_SPEC_EXIT) from None
-
 
 @app.command()
 def validate(spec: Path, set_: SetOption = None) -> None:
     """Check a run spec completely; exit 0 if it can run, 2 with every problem otherwise."""
-    loaded = _load_or_exit(spec, _parse_overrides(set_))
+    loaded = load_or_exit(spec, parse_overrides(set_))
     console.print(f"{spec}: valid ({loaded.spec.peft.method} on {loaded.spec.engine}, {loaded.spec.execution.backend})")
 
 
@@ -68,8 +37,8 @@ def run(
     set_: SetOption = None,
 ) -> None:
     """Run the finetune flow for SPEC through Prefect and print a summary of its stages."""
-    overrides = _parse_overrides(set_)
-    loaded = _load_or_exit(spec, overrides)
+    overrides = parse_overrides(set_)
+    loaded = load_or_exit(spec, overrides)
     from flows.finetune import finetune
     from flows.report import flow_run_url, stage_rows
     from peftpipe.interrupts import remembered_interrupts

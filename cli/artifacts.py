@@ -17,7 +17,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from peftpipe.artifacts import ArtifactStore, ArtifactStoreError, open_store, restore
+from peftpipe.artifacts import ArtifactStore, ArtifactStoreError, restore
+from peftpipe.stores import open_store
 from peftpipe.spec import ArtifactsSpec
 
 app = typer.Typer(help="List and restore the outputs of published runs.", no_args_is_help=True)

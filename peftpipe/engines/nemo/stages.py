@@ -1,8 +1,9 @@
 """The nemo engine's stages: convert, fine-tune (one attempt), evaluate, and what a run publishes.
 
-The counterpart of :mod:`peftpipe.stages` for ``engine: nemo``. Each stage renders its NeMo
-command (:mod:`peftpipe.engines.nemo.jobs`), runs it as a Slurm job through the same backend as
-the hf engine, and reads back what NeMo wrote. Nothing here imports Prefect.
+Each stage's job comes from :func:`stage_command` (the NeMo command of
+:mod:`peftpipe.engines.nemo.jobs` wrapped into its Slurm job), which ``peftpipe render`` prints
+too; it runs through the same backend as the hf engine, then the stage reads back what NeMo
+wrote. Nothing here imports Prefect.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import math
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftpipe import __version__
-from peftpipe.artifacts import ArtifactStore, ChecksumMismatch, open_store, publish_directory, restore
-from peftpipe.backends import Backend, StageCommand, StageOutcome, StopRule, backend_for
+from peftpipe.artifacts import ArtifactStore, ChecksumMismatch, publish_directory, restore
+from peftpipe.stores import open_store
+from peftpipe.backends import Backend, LineSink, StageCommand, StageOutcome, StopRule, backend_for
 from peftpipe.engines.nemo import jobs
 from peftpipe.engines.nemo.checkpoints import STEP_PATTERN, clear_stale_checkpoints, last_checkpoint_step
 from peftpipe.engines.nemo.convert import read_hf_config
@@ -28,12 +30,15 @@ from peftpipe.engines.nemo.generate import evaluation_metrics
 from peftpipe.engines.nemo.layout import NemoPaths, base_nemo
 from peftpipe.hub.fetch import FetchedModel
 from peftpipe.paths import RunPaths
+from peftpipe.results import StageFailed, TrainResult
+from peftpipe.retry import AttemptSettings
 from peftpipe.spec import LoadedSpec
-from peftpipe.stages import LineSink, StageFailed, TrainResult, attempt_files
+from peftpipe.spec_issues import SpecError
 
 if TYPE_CHECKING:
     from peftpipe.artifacts_s3 import S3Access
 
+STAGES = jobs.STAGES
 BASE_NEMO_KEY = "base.nemo"
 BASE_STORE_PREFIX = "nemo-base-"  # store "runs" holding one converted base .nemo each
 # Files up to this size are identified by content; larger ones (weights) by size and mtime, so
@@ -143,17 +148,15 @@ def convert_stage(loaded: LoadedSpec, paths: RunPaths, model: FetchedModel, on_l
                                              " no convert job")
     for note in command.notes:
         on_line(f"note: {note}")
-    _write_command(paths, command)
-    job = jobs.job_request(loaded, paths.root.name, paths, command, 1, host_python=sys.executable,
+    stage = _stage_command(loaded, paths, command, AttemptSettings(1, spec.train.micro_batch_size),
                            model_dir=model.path, hf_config=hf_config)
-    outcome = _run(loaded, paths, StageCommand("convert", 1, command.script_args, job=job, peftpipe_script=False),
-                   backend, on_line)
+    outcome = _run(loaded, paths, stage, backend, on_line)
     if not target.is_file():
         raise RuntimeError(f"the convert job {outcome.job_id} completed but wrote no {target}; see {outcome.log_file}")
     metadata = {"kind": "nemo-base", "peftpipe_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "base_model": {"repo_id": model.repo_id, "commit_sha": model.commit_sha, "path": str(model.path)},
-                "conversion": inputs, "converted_in": {"run": paths.root.name, "job_id": outcome.job_id}}
+                "conversion": inputs, "converted_in": {"run": paths.run_id, "job_id": outcome.job_id}}
     published = publish_directory(store, store_run, {BASE_NEMO_KEY: target}, metadata)
     stored = _stored_object(published.manifest)
     base = BaseNemo(target, "converted", stored["sha256"], stored["size"], store_run,
@@ -171,11 +174,43 @@ def _record(paths: RunPaths, base: BaseNemo, on_line: LineSink, message: str) ->
     return base
 
 
-def _write_command(paths: RunPaths, command: jobs.NemoCommand) -> None:
-    """The stage's NeMo command as ``peftpipe render --json`` prints it; published with the run."""
-    config = paths.stage_config(command.stage if command.stage != "generate" else "evaluate")
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(command.as_json(), indent=2) + "\n")
+def stage_command(loaded: LoadedSpec, paths: RunPaths, stage: str, settings: AttemptSettings,
+                  model_path: Path | None) -> StageCommand:
+    """The one builder of a nemo stage's job: ``peftpipe render`` prints it, the Slurm backend submits it."""
+    nemo_paths = NemoPaths(paths)
+    if stage == "convert":
+        if loaded.spec.nemo.nemo_path:
+            raise SpecError.single("nemo.nemo_path", "names an existing .nemo, so there is no convert stage",
+                                   "render --stage finetune, or remove nemo.nemo_path")
+        if model_path is None:
+            raise ValueError("model: a Hub model's directory is known only after fetch-model. Fix: pass --model-path"
+                             " with the fetched snapshot directory, or set model.path")
+        hf_config = read_hf_config(model_path)
+        command = jobs.convert_command(loaded, nemo_paths, model_path, hf_config)
+        return _stage_command(loaded, paths, command, settings, model_dir=model_path, hf_config=hf_config)
+    if stage == "finetune":
+        command = jobs.finetune_command(loaded, nemo_paths, micro_batch_size=settings.micro_batch_size,
+                                        activation_checkpointing=settings.activation_checkpointing)
+    elif stage == "evaluate":
+        command = jobs.generate_command(loaded, nemo_paths)
+    else:
+        raise SpecError.single("--stage", f"engine nemo has no {stage} stage", f"render one of {', '.join(STAGES)}")
+    return _stage_command(loaded, paths, command, settings)
+
+
+def _stage_command(loaded: LoadedSpec, paths: RunPaths, command: jobs.NemoCommand, settings: AttemptSettings, *,
+                   model_dir: Path | None = None, hf_config: dict[str, Any] | None = None) -> StageCommand:
+    """The NeMo command as a Slurm job, with the command itself as the attempt's config file."""
+    stage = command.stage if command.stage != "generate" else "evaluate"
+    # Only a fine-tune attempt's host memory is raised by the retry policy.
+    mem = settings.mem if stage == "finetune" else None
+    job = jobs.job_request(loaded, paths.run_id, paths, command, settings.attempt, host_python=sys.executable,
+                           model_dir=model_dir, hf_config=hf_config, mem=mem,
+                           exclude=settings.exclude_nodes if stage == "finetune" else ())
+    described = command.as_json()
+    return StageCommand(stage, settings.attempt, command.script_args, job=job,
+                        files={paths.stage_config(stage, settings.attempt): json.dumps(described, indent=2) + "\n"},
+                        described=described)
 
 
 def _run(loaded: LoadedSpec, paths: RunPaths, command: StageCommand, backend: Backend | None, on_line: LineSink,
@@ -210,9 +245,8 @@ def read_train_log(text: str) -> TrainLog:
     return TrainLog(float(losses[-1]) if losses else math.nan, int(step.group(1)) if step else None)
 
 
-def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, micro_batch_size: int | None = None,
-                        attempt: int = 1, on_line: LineSink = print, activation_checkpointing: bool | None = None,
-                        backend: Backend | None = None, stop_rule: StopRule | None = None, mem: str | None = None,
+def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, settings: AttemptSettings, on_line: LineSink = print,
+                        backend: Backend | None = None, stop_rule: StopRule | None = None,
                         access: S3Access | None = None) -> TrainResult:
     """One attempt of ``megatron_gpt_finetuning.py``; it resumes from the run's ``-last`` checkpoint.
 
@@ -223,15 +257,9 @@ def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, micro_batch_size: i
     nemo_paths = NemoPaths(paths)
     plan = clear_stale_checkpoints(nemo_paths.checkpoints_dir)
     for reason in plan.reasons:
-        on_line(f"removed a stale checkpoint before attempt {attempt}: {reason}")
-    command = jobs.finetune_command(loaded, nemo_paths, micro_batch_size=micro_batch_size,
-                                    activation_checkpointing=activation_checkpointing)
-    _write_command(paths, command)
-    job = jobs.job_request(loaded, paths.root.name, paths, command, attempt, host_python=sys.executable)
-    if mem:
-        job = replace(job, mem=mem)  # the retry policy raised host memory after a host OOM
-    outcome = _run(loaded, paths, StageCommand("finetune", attempt, command.script_args, job=job,
-                                               peftpipe_script=False), backend, on_line, stop_rule)
+        on_line(f"removed a stale checkpoint before attempt {settings.attempt}: {reason}")
+    outcome = _run(loaded, paths, stage_command(loaded, paths, "finetune", settings, None), backend, on_line,
+                   stop_rule)
     adapter = nemo_paths.adapter_nemo(spec.peft.method)
     if not adapter.is_file():
         raise RuntimeError(f"fine-tune job {outcome.job_id} completed without writing the adapter {adapter}"
@@ -248,7 +276,7 @@ def nemo_finetune_stage(loaded: LoadedSpec, paths: RunPaths, micro_batch_size: i
         wall_time_s=round(time.time() - outcome.started_at, 1) if outcome.started_at else math.nan,
         # NeMo 1.x does not log peak GPU memory; unknown rather than guessed.
         peak_memory_gib=math.nan,
-        micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
+        micro_batch_size=settings.micro_batch_size,
         log_file=str(outcome.log_file),
         job_id=outcome.job_id,
         started_at=outcome.started_at,
@@ -260,7 +288,7 @@ ADAPTER_STORE_SUFFIX = "-nemo-adapter"
 
 def adapter_store_run(paths: RunPaths) -> str:
     """The store entry holding a run's adapter .nemo as soon as training wrote it."""
-    return f"{paths.root.name}{ADAPTER_STORE_SUFFIX}"
+    return f"{paths.run_id}{ADAPTER_STORE_SUFFIX}"
 
 
 def store_adapter(loaded: LoadedSpec, paths: RunPaths, access: S3Access | None = None,
@@ -273,7 +301,7 @@ def store_adapter(loaded: LoadedSpec, paths: RunPaths, access: S3Access | None =
     artifacts = loaded.spec.artifacts
     adapter = NemoPaths(paths).adapter_nemo(loaded.spec.peft.method)
     store = open_store(artifacts.store, artifacts.s3, access)
-    metadata = {"kind": "nemo-adapter", "run_id": paths.root.name, "peftpipe_version": __version__,
+    metadata = {"kind": "nemo-adapter", "run_id": paths.run_id, "peftpipe_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     published = publish_directory(store, adapter_store_run(paths), {adapter.name: adapter}, metadata)
     on_line(f"adapter .nemo stored at {store.url(adapter_store_run(paths), adapter.name)}")
@@ -305,11 +333,8 @@ def nemo_evaluate_stage(loaded: LoadedSpec, paths: RunPaths, on_line: LineSink =
     """``megatron_gpt_generate.py`` on the test split with the trained adapter, then the pipeline's own scores."""
     restore_generation_inputs(loaded, paths, access, on_line)
     nemo_paths = NemoPaths(paths)
-    command = jobs.generate_command(loaded, nemo_paths)
-    _write_command(paths, command)
-    job = jobs.job_request(loaded, paths.root.name, paths, command, 1, host_python=sys.executable)
-    outcome = _run(loaded, paths, StageCommand("evaluate", 1, command.script_args, job=job, peftpipe_script=False),
-                   backend, on_line)
+    settings = AttemptSettings(1, loaded.spec.train.micro_batch_size)
+    outcome = _run(loaded, paths, stage_command(loaded, paths, "evaluate", settings, None), backend, on_line)
     # The whole log: trainer.test's results table (test_loss) may be above the tail.
     log_text = outcome.log_file.read_text(errors="replace")
     metrics = evaluation_metrics(loaded.spec, jobs.profile_of(loaded), nemo_paths, log_text)
@@ -330,9 +355,10 @@ def nemo_run_files(loaded: LoadedSpec, paths: RunPaths) -> dict[str, Path]:
     files = {
         f"adapter/{adapter.name}": adapter,
         "base_nemo.json": base_reference_file(paths),
-        "base_model.json": paths.root / "base_model.json",
+        "base_model.json": paths.base_model_file,
         "data/stats.json": paths.data_dir / "stats.json",
-        "finetune/config.json": paths.stage_config("finetune"),
+        # The completed attempt's command; every attempt's own is under jobs/.
+        "finetune/config.json": paths.stage_config("finetune", paths.last_attempt("finetune")),
         "evaluate/config.json": paths.stage_config("evaluate"),
         "evaluate/predictions.jsonl": paths.predictions_file,
         "evaluate/metrics.json": paths.metrics_file,
@@ -342,5 +368,5 @@ def nemo_run_files(loaded: LoadedSpec, paths: RunPaths) -> dict[str, Path]:
     # NeMo's own logs in explicit_log_dir (nemo_log_globalrank-*.txt, hparams.yaml, ...), not checkpoints.
     if nemo_paths.log_dir.is_dir():
         files.update({f"finetune/nemo/{p.name}": p for p in sorted(nemo_paths.log_dir.iterdir()) if p.is_file()})
-    files.update(attempt_files(paths, ("convert", "finetune", "evaluate")))
+    files.update(paths.attempt_files(STAGES))
     return files

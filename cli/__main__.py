@@ -1,0 +1,5 @@
+"""``python -m cli``: the same command line as the ``peftpipe`` console script."""
+
+from cli.app import app
+
+app()
