@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.artifacts import app as artifacts_app
+from cli.comparison import print_base_vs_adapter
 from cli.data import data_app
+from cli.generate import generate
 from cli.render import render
 from cli.specs import INVALID_SPEC_EXIT, SetOption, checked_run_id_option, errors, load_or_exit, parse_overrides
 
@@ -20,6 +22,7 @@ hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=Tru
 app.add_typer(hub_app, name="hub")
 app.add_typer(data_app, name="data")
 app.command()(render)
+app.command()(generate)
 app.add_typer(artifacts_app, name="artifacts")
 console = Console()
 FAILED_EXIT = 1
@@ -71,6 +74,7 @@ def run(
         duration = f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"
         table.add_row(row.name, row.state, duration, _key_figures(row.name, summary))
     console.print(table)
+    print_base_vs_adapter(console, summary.get("metrics") or {})
     console.print(f"run directory: {summary.get('run_dir', '-')}")
     console.print(f"manifest: {summary.get('manifest_url', '-')}")
     console.print(f"Prefect UI: {flow_run_url(flow_run_id)}")

@@ -18,6 +18,7 @@ from peftpipe.spec import LoadedSpec
 from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
+from flows.baseline import baseline_wanted, publish_baseline_artifact
 from flows.ui_artifacts import publish_run_artifacts
 from peftpipe.engines import engine_for
 from tasks.evaluate import evaluate
@@ -119,6 +120,9 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
     if run_id is None:
         run_id = stages.new_run_id(loaded.spec.name)
         _name_flow_run(run_id)
+    if loaded.spec.evaluation.baseline is None:
+        changes = {**changes, "evaluation.baseline": baseline_wanted(loaded, run_id)}
+        loaded = load_or_log(spec_path, changes)
     paths = stages.run_paths(loaded, run_id)
     with run_directory_lock(paths.root):
         return _run_stages(loaded, paths, run_id)
@@ -134,6 +138,7 @@ def _run_stages(loaded: LoadedSpec, paths: RunPaths, run_id: str) -> dict[str, A
     metrics = evaluate(loaded, paths, fetched.path)
     manifest = publish(loaded, paths, run_id, fetched, data, metrics)
     publish_run_artifacts(paths, metrics, manifest)
+    publish_baseline_artifact(metrics)
     return {
         "run_id": run_id,
         "run_dir": str(paths.root),

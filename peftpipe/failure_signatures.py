@@ -91,7 +91,10 @@ SIGNATURES: tuple[Signature, ...] = (
                          # NeMo start-up errors no retry fixes: a required config key left ???, a
                          # template without the label at its end, several finished -last checkpoints.
                          r"|MissingMandatoryValue|must be at the end of prompt_template"
-                         r"|Multiple checkpoints .* that matches \*last\.ckpt"),
+                         r"|Multiple checkpoints .* that matches \*last\.ckpt"
+                         # AutoModel (engine automodel): a config key its component does not take, a
+                         # batch its step scheduler refuses.
+                         r"|got an unexpected keyword argument|must be divisible by local_batch_size"),
     _sig(K.NODE_FAIL, r"DUE TO NODE FAIL"),
     _sig(K.PREEMPTED, r"DUE TO PREEMPTION"),
     _sig(K.TIMEOUT, r"DUE TO TIME LIMIT"),

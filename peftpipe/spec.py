@@ -25,6 +25,7 @@ from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is wh
     memory_text,
     time_limit_s,
 )
+from peftpipe.engines.automodel.spec import AutomodelSpec
 from peftpipe.spec_nemo import NemoSpec
 
 # The registered engines' names (peftpipe/engine_registry.py): a new engine needs no edit here.
@@ -339,16 +340,28 @@ class TrainSpec(StrictModel):
         return self.devices * self.num_nodes
 
 
+MetricName = Literal["exact_match", "exact_match_normalized", "f1", "loss", "accuracy", "macro_f1"]
+
+
 class EvaluationSpec(StrictModel):
-    metrics: list[Literal["exact_match", "exact_match_normalized", "f1", "loss"]] = Field(
-        default_factory=lambda: ["exact_match", "exact_match_normalized", "f1", "loss"], min_length=1
-    )
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: ["exact_match", "exact_match_normalized", "f1", "loss", "accuracy", "macro_f1"],
+        min_length=1, description="accuracy and macro_f1 are computed for label tasks only (see labels).")
+    labels: list[str] | None = Field(
+        None, description="The closed answer set of a label task (e.g. [yes, no, maybe]); unset: detected when "
+        "the test answers are a few one-word labels, and [yes, no, maybe] for pubmedqa.")
     tokens_to_generate: int = Field(32, gt=0)
     greedy: bool = True
     batch_size: int = Field(8, gt=0)
     max_records: int | None = Field(None, gt=0, description="Evaluate only the first N test records.")
-    select_metric: Literal["exact_match", "exact_match_normalized", "f1", "loss"] = Field(
+    select_metric: MetricName = Field(
         "f1", description="What a re-tune compares to decide on promotion (loss: lower is better).")
+    baseline: bool | None = Field(
+        None, description="Also score the base model without the adapter on the same test records and report "
+        "base vs adapter; unset: on for the first run of a spec and for every re-tune.")
+    test_overlap: Literal["error", "warn"] = Field(
+        "error", description="When a re-tune's test records were training records of the new or the promoted "
+        "adapter (by content fingerprint): error refuses the comparison, warn reports it and compares anyway.")
 
 
 # Bucket names as S3 accepts them (3-63 lowercase letters, digits, dots, dashes).
@@ -409,9 +422,12 @@ class RunSpec(StrictModel):
     dataset: DatasetSpec
     peft: PeftSpec = Field(default_factory=PeftSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    engine: EngineName = Field("hf", description="hf: transformers + peft; nemo: NeMo 1.x scripts in the"
-                                                           " job's container (see the nemo section).")
+    engine: EngineName = Field(
+        "hf", description="hf: transformers + peft; automodel: NVIDIA NeMo AutoModel's fine-tuning recipe in its own"
+                          " venv or container (see the automodel section); nemo: the legacy NeMo 1.x scripts in a"
+                          " 24.03-24.09 container (see the nemo section).")
     nemo: NemoSpec = Field(default_factory=NemoSpec, description="engine nemo only.")
+    automodel: AutomodelSpec = Field(default_factory=AutomodelSpec, description="engine automodel only.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)

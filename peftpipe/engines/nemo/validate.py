@@ -7,6 +7,7 @@ job (an AssertionError, an argparse error, ``exit(1)``) or, worse, run with a si
 
 from __future__ import annotations
 
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,31 @@ import yaml
 
 from peftpipe.engines.nemo import convert
 from peftpipe.spec_issues import SpecError, SpecIssue
+from peftpipe.engines.nemo.finetune import lora_target_modules
 from peftpipe.engines.nemo.overrides import hydra_string
 from peftpipe.engines.nemo.profiles import PROFILES, Profile
 from peftpipe.engines.nemo.resources import (compute_capability, convert_precision, data_parallel_size,
                                              generate_layout, gpu_name, trainer_precision, world_size)
 from peftpipe.spec import LoadedSpec, RunSpec, memory_mb, template_fields
-from peftpipe.model_fit import check_target_modules
+
+
+# The NeMo Framework release in an image name: nvcr.io#nvidia/nemo:24.07, nemo-25.02.sif, nemo_24.09.sif.
+CONTAINER_RELEASE = re.compile(r"nemo[:_-](\d{2})\.(\d{2})")
+LAST_LEGACY_RELEASE = (24, 9)
+
+
+def check_container_release(spec: RunSpec) -> list[SpecIssue]:
+    """A NeMo Framework container after 24.09 runs no script the (legacy) nemo engine renders."""
+    image = spec.execution.slurm.container.image or ""
+    match = CONTAINER_RELEASE.search(image.rsplit("/", 1)[-1])
+    if match is None or (int(match.group(1)), int(match.group(2))) <= LAST_LEGACY_RELEASE:
+        return []
+    return [SpecIssue("execution.slurm.container.image", f"{image} is NeMo Framework {match.group(1)}."
+                      f"{match.group(2)}; the nemo engine renders NeMo 1.x scripts (megatron_gpt_finetuning.py and"
+                      " the HF converters), which the containers after 24.09 no longer run: NeMo 2.x moved to"
+                      " NeMo-Run, the 1.x model classes left nemo_toolkit after 2.5.0 and its NLP collection in 2.6",
+                      "fine-tune with engine: automodel (NVIDIA NeMo AutoModel, the current NeMo fine-tuning; see"
+                      " the automodel section), or name a 24.03-24.09 container")]
 
 
 def check_nemo(loaded: LoadedSpec) -> list[SpecIssue]:
@@ -31,6 +51,7 @@ def check_nemo(loaded: LoadedSpec) -> list[SpecIssue]:
         issues.append(SpecIssue("execution.backend", "the nemo engine runs NeMo's scripts in Slurm jobs, inside"
                                 " execution.slurm.container (or a cluster venv), never in this process",
                                 "set execution.backend: slurm"))
+    issues += check_container_release(spec)
     if nemo.profile is None:
         return issues + [SpecIssue("nemo.profile", "is required with engine nemo: it says which NeMo container"
                                    " execution.slurm.container.image holds", f"set one of {', '.join(PROFILES)}")]
@@ -119,7 +140,7 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
     if spec.train.lr_schedule != "cosine":
         issues.append(SpecIssue("train.lr_schedule", f"{spec.train.lr_schedule} is not rendered for NeMo, whose"
                                 " fine-tuning config schedules with CosineAnnealing", "set train.lr_schedule: cosine"))
-    issues += check_target_modules(spec, None)  # NeMo's fused module names; no model needed
+    issues += _check_lora_targets(spec)  # NeMo's fused module names; no model needed
     if spec.peft.method == "ia3" and spec.peft.ia3.model_fields_set:
         issues.append(SpecIssue("peft.ia3", "NeMo's IA3 scales keys, values and the MLP input at fixed places;"
                                 " target_modules and feedforward_modules cannot be chosen",
@@ -128,6 +149,17 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
         issues.append(SpecIssue("evaluation.max_records", "megatron_gpt_generate.py always generates for the whole"
                                 " test file", "remove it (or use a smaller dataset.split.test)"))
     return issues
+
+
+def _check_lora_targets(spec: RunSpec) -> list[SpecIssue]:
+    """LoRA target names NeMo can adapt: its fused modules, or HF names that map onto them in whole groups."""
+    if spec.peft.method != "lora":
+        return []
+    try:
+        lora_target_modules(spec.peft.lora.target_modules)
+    except SpecError as error:
+        return list(error.issues)
+    return []
 
 
 def _hf_config(loaded: LoadedSpec) -> dict[str, Any] | None:
