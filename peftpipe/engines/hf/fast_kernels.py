@@ -142,6 +142,38 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
 # --- Liger --------------------------------------------------------------------------------------
 
 
+class StorageDtypeLayerNorm(torch.nn.LayerNorm):
+    """``nn.LayerNorm`` that stays in its weights' 16-bit dtype under autocast, as it does without autocast.
+
+    Autocast runs ``layer_norm`` in fp32: with bf16 weights (GPT-NeoX, GPT-2, Falcon, Phi, ...) every
+    norm then casts its input up, writes an fp32 output that each consumer casts back down, and runs its
+    backward in fp32 with the same casts around it: about 10 % of a GPT-NeoX step on an H200. PyTorch's
+    16-bit layer norm keeps its mean and variance in fp32 anyway, so the output is what a bf16 model
+    computes without autocast (the plain transformers + peft loop).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device_type = x.device.type
+        weight = self.weight if self.weight is not None else self.bias
+        if (weight is None or not torch.is_autocast_enabled(device_type)
+                or weight.dtype != torch.get_autocast_dtype(device_type)):
+            return super().forward(x)
+        with torch.autocast(device_type, enabled=False):
+            return super().forward(x.to(weight.dtype))
+
+
+def keep_layer_norms_in_storage_dtype(model: Any) -> int:
+    """Make every plain ``nn.LayerNorm`` of ``model`` a :class:`StorageDtypeLayerNorm` (by type, so a
+    family's own norm subclass keeps its forward); returns how many have 16-bit weights."""
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.LayerNorm:
+            module.__class__ = StorageDtypeLayerNorm
+            weight = module.weight if module.weight is not None else module.bias
+            count += weight is not None and weight.dtype in (torch.bfloat16, torch.float16)
+    return count
+
+
 def liger_usable(device: torch.device) -> bool:
     """Liger's kernels are Triton kernels: CUDA only, and only when the ``gpu`` extra is installed."""
     return device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None

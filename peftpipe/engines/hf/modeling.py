@@ -24,12 +24,14 @@ from peftpipe.engines.hf.fast_kernels import (
     apply_liger,
     apply_liger_rope,
     flash_varlen_available,
+    keep_layer_norms_in_storage_dtype,
     linear_cross_entropy_sum,
     liger_usable,
     packed_kwargs,
     register_attention,
 )
 from peftpipe.engines.hf.fused_projections import fuse_projections, projection_of
+from peftpipe.engines.hf.fused_qkv import install_split_heads
 from peftpipe.model_inspect import layout_of
 from peftpipe.model_fit import resolved_peft
 from peftpipe.model_layout import ModelLayout
@@ -154,6 +156,8 @@ def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activat
         features.append(f"liger rope (Liger has no {layout.model_type} patch; its rotary layout is Llama's)")
     elif use_liger:
         features.append(f"no liger kernels for {layout.model_type}")
+    if keep_layer_norms_in_storage_dtype(base):
+        features.append("LayerNorm in the weights' 16-bit dtype under autocast (fp32 statistics), not fp32")
     attention, packing_supported = choose_attention(base, layout, device)
     features.append(attention)
     head_weight = detach_output_head(base, peft)
@@ -169,6 +173,8 @@ def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activat
             module.cast_input_dtype_enabled = False
     if fuse:
         features += describe_projection_paths(model, fuse_projections(model))
+        if install_split_heads(model):
+            features.append("fused query_key_value split into heads with one backward copy")
     return Prepared(model, head_weight, use_liger, features, peft, packing_supported, layout)
 
 
