@@ -13,6 +13,7 @@ from peftpipe.paths import RunPaths
 from peftpipe.preflight import memory_estimator, model_config, preflight
 from peftpipe.results import TrainResult
 from peftpipe.retry import AttemptSettings
+from peftpipe.slurm.attempt_history import resumed_attempt
 from peftpipe.spec import LoadedSpec
 from tasks.finetune import finetune
 
@@ -42,7 +43,8 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
             if checked is not None:
                 logger.info(checked.describe())
                 micro_batch_size = checked.micro_batch_size
-    return run_attempts(spec, first_attempt(spec, micro_batch_size), run_one, on_records=_publish_attempts,
+    first = first_attempt(spec, micro_batch_size, resumed_attempt(loaded, paths, "finetune", logger.warning))
+    return run_attempts(spec, first, run_one, on_records=_publish_attempts,
                         log=logger.warning, estimate_gib=estimator, data_parallel=engine.data_parallel_size(spec))
 
 

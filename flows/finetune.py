@@ -12,6 +12,8 @@ from peftpipe import stages
 from peftpipe.safe_names import check_run_id
 from peftpipe.slurm.client import SlurmClient
 from peftpipe.slurm.jobs import job_name_prefix
+from peftpipe.paths import RunPaths
+from peftpipe.run_lock import run_directory_lock
 from peftpipe.spec import LoadedSpec
 from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
@@ -122,6 +124,11 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
         changes = {**changes, "evaluation.baseline": baseline_wanted(loaded, run_id)}
         loaded = load_or_log(spec_path, changes)
     paths = stages.run_paths(loaded, run_id)
+    with run_directory_lock(paths.root):
+        return _run_stages(loaded, paths, run_id)
+
+
+def _run_stages(loaded: LoadedSpec, paths: RunPaths, run_id: str) -> dict[str, Any]:
     get_run_logger().info("run %s in %s", run_id, paths.root)
     fetched = fetch_model(loaded, paths)
     data = prepare_data(loaded, paths)

@@ -72,6 +72,9 @@ class ArtifactStore(Protocol):
 
     def read_manifest(self, run_id: str) -> dict[str, Any] | None: ...
 
+    def remove_manifest(self, run_id: str) -> None:
+        """Make the run incomplete again (nothing happens when it has no manifest)."""
+
     def list_runs(self) -> list[str]: ...
 
     def read_bytes(self, run_id: str, key: str) -> bytes | None:
@@ -114,6 +117,9 @@ class FileArtifactStore:
         target = self.root / run_id / MANIFEST
         return checked_manifest(run_id, target.read_bytes(), self.url(run_id, MANIFEST)) if target.is_file() else None
 
+    def remove_manifest(self, run_id: str) -> None:
+        (self.root / run_id / MANIFEST).unlink(missing_ok=True)
+
     def list_runs(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -148,9 +154,14 @@ def publish_directory(store: ArtifactStore, run_id: str, files: dict[str, Path],
     """Upload ``files`` (key -> local path), then the manifest listing each with size and sha256.
 
     Safe to repeat after a failure: objects already stored unchanged are not sent again, and
-    the run becomes visible as complete only when the manifest lands.
+    the run becomes visible as complete only when the manifest lands. Re-publishing a complete
+    run whose listed objects changed removes its manifest first, so that a publish cut short
+    leaves an incomplete run, never a "complete" one whose objects fail their checksums.
     """
     store.check()
+    previous = store.read_manifest(run_id)
+    if previous is not None and _changes_listed_objects(previous, files):
+        store.remove_manifest(run_id)
     objects = [store.put_file(run_id, key, path) for key, path in sorted(files.items())]
     manifest = {
         **metadata,
@@ -159,6 +170,12 @@ def publish_directory(store: ArtifactStore, run_id: str, files: dict[str, Path],
     }
     manifest["manifest_url"] = store.write_manifest(run_id, manifest)
     return Published(manifest, sum(o.transferred for o in objects))
+
+
+def _changes_listed_objects(manifest: dict[str, Any], files: dict[str, Path]) -> bool:
+    listed = {o["key"]: (o["size"], o["sha256"]) for o in manifest.get("objects", [])}
+    return any(key in listed and listed[key] != (path.stat().st_size, sha256_file(path))
+               for key, path in files.items())
 
 
 def restore(store: ArtifactStore, run_id: str, name: str, dest: Path) -> list[Path]:

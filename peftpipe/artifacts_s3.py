@@ -127,6 +127,10 @@ class S3ArtifactStore:
             content = response["Body"].read()
         return checked_manifest(run_id, content, self.url(run_id, MANIFEST))
 
+    def remove_manifest(self, run_id: str) -> None:
+        with self._errors(self.url(run_id, MANIFEST)):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key_for(run_id, MANIFEST))
+
     def list_runs(self) -> list[str]:
         base = f"{self.prefix}/" if self.prefix else ""
         runs: list[str] = []

@@ -43,14 +43,15 @@ class AttemptRecord:
         return asdict(self)
 
 
-def first_attempt(spec: RunSpec, micro_batch_size: int | None = None) -> AttemptSettings:
-    """Attempt 1: the spec's settings (or a preflight's smaller micro batch), with the job's memory.
+def first_attempt(spec: RunSpec, micro_batch_size: int | None = None, attempt: int = 1) -> AttemptSettings:
+    """The spec's settings (or a preflight's smaller micro batch), with the job's memory.
 
     The one place the micro batch defaults to the spec's: everything after reads the settings.
+    ``attempt`` is 1 for a new run; a rerun after a failed job continues the numbering.
     """
     slurm = spec.execution.slurm
     mem_mb = memory_mb(slurm.mem) if spec.execution.backend == "slurm" else None
-    return AttemptSettings(attempt=1, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
+    return AttemptSettings(attempt=attempt, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
                            activation_checkpointing=spec.train.activation_checkpointing, mem_mb=mem_mb)
 
 
@@ -94,7 +95,7 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             evidence = f"{outcome.log_tail}\n{outcome.stopped_early}" if outcome.stopped_early else outcome.log_tail
             diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
             decision = next_attempt(diagnosis, settings, train.global_batch_size, data_parallel,
-                                    train.max_attempts, memory_limit_mb(spec))
+                                    train.max_attempts, memory_limit_mb(spec), failed_nodes=split_nodes(outcome.nodes))
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
                                          evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
                                          duration_s=round(time.monotonic() - started, 1),
@@ -118,6 +119,11 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
                                      if math.isfinite(result.peak_memory_gib) else None))
         on_records(records)
         return result
+
+
+def split_nodes(node_list: str) -> tuple[str, ...]:
+    """Slurm's NodeList ("gpu[01-02],gpu05") as sbatch --exclude takes it: the whole list, one entry."""
+    return (node_list,) if node_list else ()
 
 
 def _latency(failure_seen_at: float | None, started_at: float | None) -> float | None:

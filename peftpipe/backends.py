@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from peftpipe.interrupts import raise_if_interrupted
 from peftpipe.local_runner import run_logged
 from peftpipe.paths import RunPaths
 from peftpipe.slurm.client import JobStatus, SlurmClient
 from peftpipe.slurm.jobs import stage_job
 from peftpipe.slurm.launch import distributed_program
 from peftpipe.slurm.render import JobRequest, render_batch_script
-from peftpipe.slurm.watch import watch_job
+from peftpipe.slurm.status_query import ResilientStatus, SlurmUnreachable
+from peftpipe.slurm.watch import backoff_intervals, watch_job
 from peftpipe.spec import LoadedSpec
 
 LineSink = Callable[[str], None]
@@ -68,6 +70,7 @@ class StageOutcome:
     detected_at: float | None = None
     started_at: float | None = None  # wall clock of the submission (or process start)
     reattached: bool = False
+    nodes: str = ""  # the Slurm nodes the job ran on
 
     @property
     def succeeded(self) -> bool:
@@ -111,7 +114,8 @@ class SlurmBackend:
     def run(self, loaded: LoadedSpec, paths: RunPaths, command: StageCommand, on_line: LineSink = print,
             stop_rule: StopRule | None = None) -> StageOutcome:
         stage, attempt = command.stage, command.attempt
-        job_id, reattached, started = self._existing_job(paths, stage, attempt, on_line)
+        slurm = loaded.spec.execution.slurm
+        job_id, reattached, started = self._existing_job(paths, stage, attempt, on_line, slurm.status_outage_s)
         if job_id is None:
             job = command.job or stage_job(
                 loaded.spec, paths.run_id, paths, stage, attempt, command.script_args, host_python=sys.executable,
@@ -128,10 +132,13 @@ class SlurmBackend:
         log_file = paths.attempt_dir(stage, attempt) / f"slurm-{job_id}.out"
         finished = False
         try:
-            result = watch_job(self.client, job_id, log_file,
-                               poll_cap_s=loaded.spec.execution.slurm.poll_max_interval_s,
-                               on_line=on_line, on_state=self._state_logger(job_id, on_line), stop_rule=stop_rule)
+            result = watch_job(self.client, job_id, log_file, poll_cap_s=slurm.poll_max_interval_s,
+                               on_line=on_line, on_state=self._state_logger(job_id, on_line), stop_rule=stop_rule,
+                               status_outage_s=slurm.status_outage_s)
             finished = True
+        except SlurmUnreachable:
+            finished = True  # Slurm is unreachable, not the job broken: leave it for a rerun to re-attach
+            raise
         finally:
             if not finished:
                 # Interrupted (Ctrl-C, flow cancellation): the job must not outlive its flow run.
@@ -140,21 +147,36 @@ class SlurmBackend:
         status = result.status
         return StageOutcome(status.exit_code, log_file, result.log_tail, state=status.state, job_id=job_id,
                             stopped_early=result.stopped_early, detected_at=result.detected_at,
-                            started_at=started, reattached=reattached)
+                            started_at=started, reattached=reattached, nodes=status.nodes)
 
-    def _existing_job(self, paths: RunPaths, stage: str, attempt: int,
-                      on_line: LineSink) -> tuple[str | None, bool, float | None]:
-        """A job this attempt already submitted (the flow was restarted): watch it, never resubmit."""
+    def _existing_job(self, paths: RunPaths, stage: str, attempt: int, on_line: LineSink,
+                      status_outage_s: float) -> tuple[str | None, bool, float | None]:
+        """A job this attempt already submitted (the flow was restarted) that is queued, running or
+        completed: watch it, never submit a second. A job that failed or was cancelled is history."""
         id_file = paths.job_id_file(stage, attempt)
         if not id_file.exists():
             return None, False, None
         job_id = id_file.read_text().strip()
-        status = self.client.status([job_id]).get(job_id)
+        status = self._status_through_outage(job_id, status_outage_s, on_line)
         if status is None:
             on_line(f"Slurm no longer knows job {job_id} of {stage} attempt {attempt}; submitting again")
             return None, False, None
+        if status.terminal and status.state != "COMPLETED":
+            on_line(f"Slurm job {job_id} of {stage} attempt {attempt} ended {status.state}; submitting a new job"
+                    " (it resumes from the latest checkpoint)")
+            return None, False, None
         on_line(f"re-attaching to Slurm job {job_id} ({status.state}) of {stage} attempt {attempt}")
         return job_id, True, id_file.stat().st_mtime
+
+    def _status_through_outage(self, job_id: str, status_outage_s: float, on_line: LineSink) -> JobStatus | None:
+        states = ResilientStatus(self.client, status_outage_s, on_note=on_line)
+        for interval in backoff_intervals(cap_s=30.0):
+            answer = states.query([job_id])
+            if answer is not None:
+                return answer.get(job_id)
+            raise_if_interrupted()
+            time.sleep(interval)
+        return None
 
     def _state_logger(self, job_id: str, on_line: LineSink) -> Callable[[JobStatus], None]:
         def log_state(status: JobStatus) -> None:

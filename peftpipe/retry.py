@@ -26,6 +26,7 @@ class AttemptSettings:
     activation_checkpointing: bool = False
     mem_mb: int | None = None  # None: the job asks for execution.slurm.mem as written
     mem_raised: bool = False
+    exclude_nodes: tuple[str, ...] = ()  # nodes a hardware fault was seen on (sbatch --exclude)
 
     @property
     def mem(self) -> str | None:
@@ -50,8 +51,26 @@ def smaller_micro_batch(current: int, global_batch_size: int, data_parallel: int
     return smaller[0] if smaller else None
 
 
+# Failures a resubmission repeats: the decision says what to change instead.
+NO_RETRY_FIX = {
+    FailureKind.STORAGE_FULL: "storage full (no space or quota) where the run writes. Fix: free space or raise"
+                              " the quota there (or point workdir elsewhere), then run again; it resumes from the"
+                              " last intact checkpoint",
+    FailureKind.CONTAINER_ERROR: "the job's container or environment did not start. Fix: check"
+                                 " execution.slurm.container (image path, registry access, mounts) and that the"
+                                 " image has the engine's packages",
+    FailureKind.NAN_LOSS: "the loss became NaN/inf. Fix: lower train.learning_rate, check the data, or use"
+                          " bf16 instead of fp16",
+    FailureKind.RESOURCE_ERROR: "a GPU resource limit that is not memory (shared memory, cuDNN). Fix: use a"
+                                " GPU type the kernels support (execution.slurm.gpu_type) or turn the fused kernels"
+                                " off",
+}
+
+
 def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_size: int, data_parallel: int,
-                 max_attempts: int, mem_limit_mb: int | None = None) -> RetryDecision:
+                 max_attempts: int, mem_limit_mb: int | None = None,
+                 failed_nodes: tuple[str, ...] = ()) -> RetryDecision:
+    """The next attempt's settings, or None with the reason; ``failed_nodes`` ran the failed attempt."""
     kind = diagnosis.kind
     if kind is FailureKind.NONE:
         return RetryDecision(None, "the attempt succeeded")
@@ -83,6 +102,13 @@ def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_si
     if kind in (FailureKind.TIMEOUT, FailureKind.PREEMPTED, FailureKind.NODE_FAIL, FailureKind.COMM_TIMEOUT):
         return RetryDecision(following, f"{kind.value}: resubmitting with the same settings; resumes from the"
                                         " latest checkpoint")
+    if kind is FailureKind.HARDWARE_FAULT:
+        nodes = tuple(sorted(set(current.exclude_nodes) | set(failed_nodes)))
+        away = f" away from {', '.join(failed_nodes)}" if failed_nodes else ""
+        return RetryDecision(replace(following, exclude_nodes=nodes),
+                             f"GPU or node hardware fault: resubmitting{away}; resumes from the latest checkpoint")
+    if kind in NO_RETRY_FIX:
+        return RetryDecision(None, f"{NO_RETRY_FIX[kind]}; not retried: {diagnosis.evidence}")
     if kind is FailureKind.CONFIG_ERROR:
         return RetryDecision(None, f"configuration error, retrying cannot fix it: {diagnosis.evidence}")
     return RetryDecision(None, f"unrecognised failure, not retried: {diagnosis.evidence}")

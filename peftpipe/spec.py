@@ -42,6 +42,8 @@ class ModelSource(StrictModel):
         None, description="Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co."
     )
     cache_dir: str | None = Field(None, description="Download cache on the cluster file system.")
+    timeout_s: float = Field(60.0, gt=0, description="Longest wait for any answer from the Hub (metadata"
+                                                     " call, tree listing, each read of a download).")
     token_secret: str | None = Field(
         "hf-token",
         description="Prefect Secret block holding the Hub token (for gated or private repos); if no such"

@@ -72,6 +72,9 @@ class SlurmSpec(StrictModel):
     signal_lead_s: int = Field(120, ge=10, description="SIGTERM this long before the time limit so training"
                                                        " saves a checkpoint.")
     poll_max_interval_s: float = Field(30.0, ge=2.0, description="Cap of the back-off between status queries.")
+    status_outage_s: float = Field(1800.0, gt=0, description="How long the watcher keeps asking when neither"
+                                                             " sacct nor squeue/scontrol answer before it gives"
+                                                             " up (the job is never cancelled for that).")
     gpu_job_limit: str = Field("peftpipe-gpu-jobs", description="Name of the Prefect global concurrency limit"
                                                                 " that caps GPU jobs in the queue.")
     container: ContainerSpec = Field(default_factory=ContainerSpec)

@@ -50,7 +50,7 @@ def fetch_stage(loaded: LoadedSpec, paths: RunPaths, token: str | None = None,
     else:
         cache = Path(model.cache_dir).expanduser() if model.cache_dir else None
         fetched = fetch_model(model.repo_id, model.revision, cache_dir=cache, endpoint=model.endpoint,
-                              token=token, token_hint=token_hint)
+                              token=token, token_hint=token_hint, timeout_s=model.timeout_s)
     paths.root.mkdir(parents=True, exist_ok=True)
     reference = {**asdict(fetched), "path": str(fetched.path)}
     paths.base_model_file.write_text(json.dumps(reference, indent=2) + "\n")

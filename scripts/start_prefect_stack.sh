@@ -5,11 +5,12 @@
 # (deployments/prefect.yaml) and a process worker. Idempotent: what is up stays up; the blocks and
 # deployments are registered again (a no-op when unchanged).
 #
-#   scripts/start_prefect_stack.sh [--postgres] [--slurm] [--s3] [--hub] [--all]
+#   scripts/start_prefect_stack.sh [--postgres] [--slurm] [--s3] [--hub] [--all] [--server-only]
 #     --postgres   Debian's postgresql (installed if missing) instead of SQLite
 #     --slurm      also scripts/start_slurm.sh          --s3   also scripts/start_s3.sh
 #     --hub        serve the tiny model from a loopback Hub mirror (what examples/tiny/spec.yaml needs)
 #     --all        --slurm --s3 --hub
+#     --server-only  the server alone (no pool, blocks, deployments or worker)
 #   STACK_DIR=.cache/prefect-stack   state: logs, pid files, PREFECT_HOME, env (source it to use the CLI)
 #   PREFECT_PORT=4200 | auto         auto: a free port
 #
@@ -19,11 +20,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-postgres=0 slurm=0 s3=0 hub=0
+postgres=0 slurm=0 s3=0 hub=0 server_only=0
 for arg in "$@"; do
   case $arg in
     --postgres) postgres=1 ;; --slurm) slurm=1 ;; --s3) s3=1 ;; --hub) hub=1 ;;
-    --all) slurm=1 s3=1 hub=1 ;;
+    --all) slurm=1 s3=1 hub=1 ;; --server-only) server_only=1 ;;
     *) echo "start_prefect_stack.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -78,7 +79,10 @@ else
   api=http://127.0.0.1:$port/api
   # The connection URL (with its password) reaches the server through the environment only.
   # The UI asks the browser to call the API at PREFECT_UI_API_URL, which defaults to port 4200.
+  # Concurrency-slot leases on disk (PREFECT_HOME), not in the server's memory: a GPU job's slot held
+  # across a server restart is still known afterwards, so its release (or expiry) frees it.
   (export PREFECT_UI_API_URL=$api
+   export PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem
    if [ -n "$db_url" ]; then export PREFECT_API_DATABASE_CONNECTION_URL=$db_url; fi
    exec setsid "$bin/prefect" server start --host 127.0.0.1 --port "$port" </dev/null >>"$stack/server.log" 2>&1) &
   echo $! >"$stack/server.pid"
@@ -95,6 +99,7 @@ for _ in $(seq 1 240); do
   sleep 0.5
 done
 echo "prefect server: $api ($(cat "$stack/database"), up after $(elapsed))"
+[ $server_only = 1 ] && exit 0
 
 # --- pool, blocks, limit, deployments ------------------------------------------------------------
 # The pool's own default is stream_output false too, so a deployment made without prefect.yaml

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftpipe.hub.guarded import HubSentTooMuch, download_files, limit_hub_calls, listed_sizes
+
 # Weight formats that duplicate safetensors shards; fetching both doubles the bytes.
 _DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.ot")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -52,14 +54,16 @@ def fetch_model(
     endpoint: str | None = None,
     token: str | None = None,
     token_hint: str = DEFAULT_TOKEN_HINT,
+    timeout_s: float = 60.0,
 ) -> FetchedModel:
     """Download ``repo_id`` at ``revision`` (pinned to its commit sha) into the Hub cache.
 
     ``token`` is used for this process's requests only; ``None`` lets huggingface_hub read
     ``HF_TOKEN`` or its token file. ``token_hint`` names where the token comes from, for the
-    message of a refused request; the token itself is never part of a message.
+    message of a refused request; the token itself is never part of a message. No Hub call
+    waits longer than ``timeout_s`` for an answer, and no file grows past its listed size.
     """
-    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import (
         GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
     )
@@ -69,20 +73,26 @@ def fetch_model(
     if _COMMIT_SHA.match(revision) and (cached := _complete_snapshot(cache, repo_id, revision)):
         return cached
     api = HfApi(endpoint=endpoint, token=token)
+    limit_hub_calls(timeout_s)
     try:
-        info = api.model_info(repo_id, revision=revision)
+        info = api.model_info(repo_id, revision=revision, timeout=timeout_s)
         if cached := _complete_snapshot(cache, repo_id, info.sha):
             return cached
         wanted = files_to_fetch([sibling.rfilename for sibling in info.siblings or []])
-        path = snapshot_download(repo_id, revision=info.sha, cache_dir=cache, endpoint=endpoint, token=token,
-                                 allow_patterns=wanted)
+        sizes = listed_sizes(api, repo_id, info.sha)
+        path = download_files(repo_id, info.sha, wanted, sizes, cache, endpoint, token, timeout_s)
     except (ConnectError, TimeoutException, OfflineModeIsEnabled) as error:
         if cached := _complete_snapshot(cache, repo_id, _cached_ref(cache, repo_id, revision)):
             return cached
+        silent = f"did not answer within {timeout_s:g} s" if isinstance(error, TimeoutException) else ""
         raise FetchError(
-            f"cannot reach the Hub at {api.endpoint} ({type(error).__name__}) and {cache} holds no complete"
-            f" download of {repo_id}@{revision}: check model.endpoint (or HF_ENDPOINT) and the network."
+            f"cannot reach the Hub at {api.endpoint} ({type(error).__name__}{': ' + silent if silent else ''}) and"
+            f" {cache} holds no complete download of {repo_id}@{revision}: check model.endpoint (or HF_ENDPOINT)"
+            " and the network."
         ) from None
+    except HubSentTooMuch as error:
+        raise FetchError(f"{repo_id}@{info.sha} from {api.endpoint}: {error}. The Hub (or a proxy in between)"
+                         " sends something other than the listed file: check model.endpoint.") from None
     except RevisionNotFoundError:
         raise FetchError(f"{repo_id} has no revision {revision!r}: check model.revision.") from None
     except GatedRepoError as error:

@@ -5,7 +5,8 @@ Clusters without internet keep a mirror of the repositories they use; this serve
 with ``HF_ENDPOINT=http://host:port``. It answers the calls ``snapshot_download`` makes:
 repository info with the commit sha, the recursive file tree, and file ``resolve`` with
 the ``X-Repo-Commit`` and ``ETag`` headers, ``HEAD`` and byte ranges (so interrupted
-downloads resume). For tests, it can drop a connection in the middle of a file once, and it
+downloads resume). For tests, it can drop a connection in the middle of a file once, stall
+(accept requests and never answer), or send more bytes than a file's listed size, and it
 records the requests it served.
 
 Layout of ``root``: ``<root>/<owner>/<name>/<files...>``. The commit sha of a repository is
@@ -46,6 +47,11 @@ class MirrorRoot:
     gated_tokens: dict[str, str] = field(default_factory=dict)
     # "<repo_id>/<file>" -> byte offset: the next download of that file stops there, once.
     interrupt_once: dict[str, int] = field(default_factory=dict)
+    # Test faults: request paths starting with one of these get no answer until ``release`` is set;
+    # "<repo_id>/<file>" -> extra bytes sent after the file, with no Content-Length to stop the client.
+    stall_paths: tuple[str, ...] = ()
+    oversend: dict[str, int] = field(default_factory=dict)
+    release: threading.Event = field(default_factory=threading.Event)
     # The latest requests served (method, path, Range), bounded for a long-running mirror.
     requests: deque[tuple[str, str, str | None]] = field(default_factory=lambda: deque(maxlen=1000))
     _cache: dict[str, tuple[tuple, list[RepoFileEntry]]] = field(default_factory=dict)
@@ -112,6 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, send_body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
         self.mirror.record(self.command, path, self.headers.get("Range"))
+        if any(path.startswith(prefix) for prefix in self.mirror.stall_paths):
+            self.mirror.release.wait()  # a Hub that took the connection and went quiet
+            self.close_connection = True
+            return
         if match := _API.match(path):
             self._api(match["repo"], match["kind"], match["rev"] or "main", send_body)
         elif match := _RESOLVE.match(path):
@@ -172,9 +182,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start = _range_start(self.headers.get("Range"))
         status = HTTPStatus.PARTIAL_CONTENT if start else HTTPStatus.OK
+        extra = self.mirror.oversend.get(f"{repo_id}/{file_path}") if send_body else None
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(entry.size - start))
+        if extra is None:
+            self.send_header("Content-Length", str(entry.size - start))
+        else:  # the body ends when the connection does
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", f'"{entry.sha256}"')
         self.send_header("X-Repo-Commit", sha)
@@ -193,8 +208,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
-            for chunk in iter(lambda: handle.read(_CHUNK), b""):
-                self.wfile.write(chunk)
+            try:
+                for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                    self.wfile.write(chunk)
+                for sent in range(0, extra or 0, _CHUNK):
+                    self.wfile.write(bytes(min(_CHUNK, extra - sent)))
+            except (BrokenPipeError, ConnectionResetError):
+                if extra is None:
+                    raise  # only the oversending fault expects the client to hang up
 
     def _error(self, status: HTTPStatus, code: str, message: str, send_body: bool) -> None:
         payload = json.dumps({"error": message}).encode()
@@ -235,6 +256,7 @@ class MirrorServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def server_close(self) -> None:
+        self.RequestHandlerClass.mirror.release.set()  # type: ignore[attr-defined] - stalled handlers end
         super().server_close()
         with self._connections_lock:
             for connection in self._connections:

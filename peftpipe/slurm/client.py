@@ -32,6 +32,7 @@ class JobStatus:
     signal: int | None = None
     reason: str = ""
     raw_state: str = ""
+    nodes: str = ""  # sacct's NodeList ("None assigned" while pending)
 
     @property
     def terminal(self) -> bool:
@@ -52,7 +53,7 @@ def parse_exit_code(text: str) -> tuple[int | None, int | None]:
 
 
 def parse_sacct(output: str) -> dict[str, JobStatus]:
-    """Rows of ``sacct -X -n -P -o JobID,State,ExitCode,Reason``."""
+    """Rows of ``sacct -X -n -P -o JobID,State,ExitCode,Reason,NodeList``."""
     statuses: dict[str, JobStatus] = {}
     for row in output.splitlines():
         parts = row.split("|")
@@ -60,9 +61,11 @@ def parse_sacct(output: str) -> dict[str, JobStatus]:
             continue
         job_id, raw_state, exit_text = parts[0], parts[1], parts[2]
         reason = parts[3] if len(parts) > 3 else ""
+        nodes = parts[4] if len(parts) > 4 and parts[4] != "None assigned" else ""
         exit_code, sig = parse_exit_code(exit_text)
         # "CANCELLED by 0" -> CANCELLED
-        statuses[job_id] = JobStatus(job_id, raw_state.split(" ")[0].upper(), exit_code, sig, reason, raw_state)
+        statuses[job_id] = JobStatus(job_id, raw_state.split(" ")[0].upper(), exit_code, sig, reason, raw_state,
+                                     nodes)
     return statuses
 
 
@@ -84,7 +87,8 @@ class SlurmClient:
     command_timeout_s: float = 60.0
     calls: list[tuple[float, str]] = field(default_factory=list)
 
-    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run_command(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run one Slurm command; :class:`SlurmError` when it is missing, hangs or (with ``check``) fails."""
         self.calls.append((time.monotonic(), argv[0]))
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=self.command_timeout_s,
@@ -106,7 +110,7 @@ class SlurmClient:
         if after:
             argv.append("--dependency=afterok:" + ":".join(after))
         argv.append(str(script))
-        output = self._run(argv).stdout.strip()
+        output = self.run_command(argv).stdout.strip()
         job_id = output.split(";")[0]  # "<id>;<cluster>" on federated clusters
         if not job_id.isdigit():
             raise SlurmError(f"sbatch printed {output!r} instead of a job id")
@@ -117,23 +121,23 @@ class SlurmClient:
         ids = [str(job) for job in job_ids]
         if not ids:
             return {}
-        statuses = parse_sacct(self._run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason",
+        statuses = parse_sacct(self.run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason,NodeList",
                                           "-j", ",".join(ids)]).stdout)
         missing = [job for job in ids if job not in statuses]
         if missing:
             # A just-submitted job can be missing from accounting for a moment; the queue has it.
-            result = self._run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(missing)], check=False)
+            result = self.run_command(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(missing)], check=False)
             statuses.update({k: v for k, v in parse_squeue(result.stdout).items() if k in missing})
         return {job: statuses[job] for job in ids if job in statuses}
 
     def cancel(self, job_ids: Iterable[str]) -> None:
         ids = [str(job) for job in job_ids]
         if ids:
-            self._run(["scancel", *ids], check=False)
+            self.run_command(["scancel", *ids], check=False)
 
     def queued_jobs(self, name_prefix: str) -> list[str]:
         """Ids of queued or running jobs whose name starts with ``name_prefix``."""
-        output = self._run(["squeue", "-h", "-o", "%i|%j"]).stdout
+        output = self.run_command(["squeue", "-h", "-o", "%i|%j"]).stdout
         rows = (line.strip().split("|", 1) for line in output.splitlines() if "|" in line)
         return [job for job, name in rows if name.startswith(name_prefix)]
 

@@ -24,7 +24,8 @@ def job_name_prefix(run_id: str) -> str:
 
 def stage_job(spec: RunSpec, run_id: str, paths: RunPaths, stage: str, attempt: int, script_args: list[str],
               *, host_python: str, gpus_per_node: int, nodes: int = 1, mem: str | None = None,
-              model_path: Path | None = None, code_root: Path | None = None) -> JobRequest:
+              model_path: Path | None = None, code_root: Path | None = None,
+              exclude: tuple[str, ...] = ()) -> JobRequest:
     """The job that runs ``script_args`` for ``stage``: one rank per GPU on each node.
 
     ``code_root`` is peftpipe's source tree when the program is one of peftpipe's own engine
@@ -67,6 +68,7 @@ def stage_job(spec: RunSpec, run_id: str, paths: RunPaths, stage: str, attempt: 
         account=slurm.account,
         qos=slurm.qos,
         constraint=slurm.constraint,
+        exclude=exclude,
         gpu_type=slurm.gpu_type,
         rendezvous=rendezvous,
         workdir=paths.root,

@@ -57,6 +57,7 @@ class JobRequest:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
+    exclude: tuple[str, ...] = ()  # nodes not to run on (a hardware fault was seen there)
     gpu_type: str | None = None
     rendezvous: bool = False
     workdir: Path | None = None
@@ -76,6 +77,7 @@ def sbatch_directives(job: JobRequest) -> list[tuple[str, str]]:
         ("account", job.account),
         ("qos", job.qos),
         ("constraint", job.constraint),
+        ("exclude", ",".join(job.exclude) if job.exclude else None),
         ("nodes", str(job.nodes)),
         ("ntasks-per-node", str(job.tasks_per_node)),
         ("cpus-per-task", str(job.cpus_per_task)),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from peftpipe.interrupts import raise_if_interrupted
 from peftpipe.slurm.client import JobStatus, SlurmClient
+from peftpipe.slurm.status_query import ResilientStatus
 
 LineSink = Callable[[str], None]
 # Returns the evidence (the line) when the job should be stopped at once, else None.
@@ -76,9 +77,15 @@ class LogFollower:
 def watch_job(client: SlurmClient, job_id: str, log_file: Path, *, poll_cap_s: float = 30.0,
               on_line: LineSink = lambda line: None, on_state: Callable[[JobStatus], None] = lambda s: None,
               stop_rule: StopRule | None = None, log_every_s: float = 1.0,
-              sleep: Callable[[float], None] = time.sleep) -> WatchResult:
-    """Block until ``job_id`` reaches a terminal state; cancel it when ``stop_rule`` fires."""
+              sleep: Callable[[float], None] = time.sleep, status_outage_s: float = 1800.0) -> WatchResult:
+    """Block until ``job_id`` reaches a terminal state; cancel it when ``stop_rule`` fires.
+
+    A failed status query is retried with back-off (the controller answers while accounting is
+    down); after ``status_outage_s`` without any answer :class:`SlurmUnreachable` is raised and
+    the job is left as it is.
+    """
     follower = LogFollower(log_file)
+    states = ResilientStatus(client, status_outage_s, on_note=on_line)
     intervals = backoff_intervals(cap_s=poll_cap_s)
     next_poll = time.monotonic()
     last_state: str | None = None
@@ -96,7 +103,12 @@ def watch_job(client: SlurmClient, job_id: str, log_file: Path, *, poll_cap_s: f
                     client.cancel([job_id])
                     next_poll = time.monotonic()  # see the cancellation through without back-off
         if time.monotonic() >= next_poll:
-            status = client.status([job_id]).get(job_id) or JobStatus(job_id, "PENDING", reason="not yet listed")
+            answer = states.query([job_id])
+            if answer is None:  # nothing answered: look again later, the job keeps running
+                next_poll = time.monotonic() + next(intervals)
+                sleep(max(0.05, min(log_every_s, next_poll - time.monotonic())))
+                continue
+            status = answer.get(job_id) or JobStatus(job_id, "PENDING", reason="not yet listed")
             if status.state != last_state:
                 on_state(status)
                 last_state = status.state

@@ -46,7 +46,8 @@ def stage_command(loaded: LoadedSpec, paths: RunPaths, stage: str, settings: Att
         script_args = command.generation_script_args(config_file)
         gpus, nodes, mem = 1, 1, None  # the hf generation script is one process
     job = stage_job(spec, paths.run_id, paths, stage, attempt, script_args, host_python=sys.executable,
-                    gpus_per_node=gpus, nodes=nodes, mem=mem, model_path=model_path, code_root=SOURCE_ROOT)
+                    gpus_per_node=gpus, nodes=nodes, mem=mem, model_path=model_path, code_root=SOURCE_ROOT,
+                    exclude=settings.exclude_nodes)
     return StageCommand(stage, attempt, script_args, ranks_per_node=gpus, gpus_per_node=gpus, nodes=nodes, mem=mem,
                         model_path=model_path, job=job,
                         files={config_file: json.dumps(config, indent=2) + "\n"},
@@ -64,7 +65,7 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, settin
     summary = json.loads(paths.train_summary_file.read_text())
     return TrainResult(
         final_step=summary["final_step"],
-        final_loss=summary["final_loss"],
+        final_loss=float("nan") if summary["final_loss"] is None else summary["final_loss"],  # null: none recorded
         resumed_from_step=summary["resumed_from_step"],
         wall_time_s=summary["wall_time_s"],
         peak_memory_gib=summary["peak_memory_gib"],

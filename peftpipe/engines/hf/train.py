@@ -29,10 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import resource
-import shutil
 import signal
 import sys
 import time
@@ -50,9 +50,8 @@ from peftpipe.engines.hf.modeling import (
     prepare_model,
     resolve_precision,
 )
+from peftpipe.engines.hf.checkpoints import load_latest_intact, save_checkpoint
 from peftpipe.engines.hf.packing import IGNORE_INDEX, collate, label_tokens, plan_micro_batches
-CHECKPOINT_PREFIX = "step-"
-KEEP_CHECKPOINTS = 2
 
 
 # --- records into token ids ---------------------------------------------------------------------
@@ -157,44 +156,25 @@ def all_reduce_sum(value: float | torch.Tensor, world: int, device: torch.device
 # --- checkpoints ------------------------------------------------------------------------------------
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    complete = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.pt").is_file()]
-    return max(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+def recorded_loss(metrics_path: Path, step: int) -> float | None:
+    """The loss metrics.jsonl holds for ``step`` (None when it has none)."""
+    if not metrics_path.exists():
+        return None
+    for line in reversed(metrics_path.read_text().splitlines()):
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if record.get("step") == step and isinstance(record.get("loss"), (int, float)):
+                return float(record["loss"])
+    return None
 
 
-def save_checkpoint(checkpoint_dir: Path, step: int, peft_model: Any, optimizer: Any, scheduler: Any) -> Path:
-    """Write to a temporary directory and rename it, so a killed job never leaves half a checkpoint."""
-    from peft import get_peft_model_state_dict
-
-    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
-    partial = checkpoint_dir / f".partial-{final.name}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    state = {
-        "step": step,
-        "adapter": get_peft_model_state_dict(peft_model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-    }
-    torch.save(state, partial / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    for old in sorted(checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, peft_model: Any, optimizer: Any, scheduler: Any) -> int:
-    from peft import set_peft_model_state_dict
-
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    set_peft_model_state_dict(peft_model, state["adapter"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return int(state["step"])
+def sort_adapter_config(path: Path) -> None:
+    """peft writes target_modules (a set) in hash order: sort lists so the file is the same every save."""
+    config = json.loads(path.read_text())
+    for key, value in config.items():
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            config[key] = sorted(value)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def truncate_metrics(metrics_path: Path, last_step: int) -> None:
@@ -206,6 +186,15 @@ def truncate_metrics(metrics_path: Path, last_step: int) -> None:
 
 
 # --- training -------------------------------------------------------------------------------------------
+
+
+def injected_nan_weights(trainable: list[torch.nn.Parameter], step: int) -> None:
+    """Test-only fault injection, off unless PEFTPIPE_FAULT_NAN_AT_STEP is set: one adapter weight
+    becomes NaN before that step, so the forward pass yields a non-finite loss as a divergence does."""
+    at = os.environ.get("PEFTPIPE_FAULT_NAN_AT_STEP")
+    if at and step + 1 == int(at):
+        with torch.no_grad():
+            trainable[0].view(-1)[0] = float("nan")
 
 
 def injected_oom(micro_batch_size: int, step: int) -> None:
@@ -316,9 +305,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     )
 
     start_step, resumed_from = 0, None
-    latest = latest_checkpoint(checkpoint_dir)
-    if latest is not None:
-        start_step = load_checkpoint(latest, model, optimizer, scheduler)
+    loaded = load_latest_intact(checkpoint_dir, model, optimizer, scheduler,
+                                say=lambda line: print(line, flush=True) if rank == 0 else None)
+    if loaded is not None:
+        latest, start_step = loaded
         resumed_from = start_step
         if rank == 0:
             truncate_metrics(metrics_path, start_step)
@@ -357,17 +347,23 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     wrapped.train()
     step = start_step
     run_started = time.perf_counter()
-    loss_value = float("nan")
+    # Resumed at max_steps: no step runs here, the loss is the one recorded for that step.
+    loss_value = recorded_loss(metrics_path, step)
     while step < max_steps:
         step_started = time.perf_counter()
         batch_examples = [train_examples[i] for i in global_batch_indices(step, gbs, len(train_examples), config["seed"])]
         batch_label_tokens = sum(label_tokens(e) for e in batch_examples)
+        injected_nan_weights(trainable, step)
         mine = batch_examples[rank * per_rank : (rank + 1) * per_rank]
         loss_total, tokens_seen, n_micro = accumulate_gradients(
             wrapped, prepared, mine, batch_label_tokens, settings, world, scaler, device, step)
         lr = optimizer_step(optimizer, scheduler, scaler, trainable)
         step += 1
         loss_value = all_reduce_sum(loss_total, world, device) / batch_label_tokens
+        if not math.isfinite(loss_value):  # every rank sees the same reduced loss, so all stop here
+            print(f"non-finite loss {loss_value} at step {step}; stopping before it reaches a checkpoint"
+                  " (lower the learning rate or check the data)", flush=True)
+            sys.exit(3)
         tokens_total = all_reduce_sum(tokens_seen, world, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -406,7 +402,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
 
     summary = {
         "final_step": step,
-        "final_loss": loss_value,
+        "final_loss": loss_value if loss_value is not None and math.isfinite(loss_value) else None,
         "resumed_from_step": resumed_from,
         "trainable_parameters": n_trainable,
         "peft": prepared.peft,  # target modules as trained (auto resolved)
@@ -417,7 +413,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     }
     if rank == 0:
         model.save_pretrained(output_dir / "adapter")
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        sort_adapter_config(output_dir / "adapter" / "adapter_config.json")
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         print(f"training finished at step {step}; adapter saved to {output_dir / 'adapter'}", flush=True)
     if world > 1:
         torch.distributed.destroy_process_group()

@@ -98,7 +98,7 @@ def convert_mem(loaded: LoadedSpec, hf_config: dict[str, Any]) -> str:
 
 def job_request(loaded: LoadedSpec, run_id: str, run_paths: RunPaths, command: NemoCommand, attempt: int, *,
                 host_python: str, model_dir: Path | None = None, hf_config: dict[str, Any] | None = None,
-                mem: str | None = None) -> JobRequest:
+                mem: str | None = None, exclude: tuple[str, ...] = ()) -> JobRequest:
     """The Slurm job for ``command``: GPUs, nodes, memory and binds for its stage.
 
     ``mem`` is the attempt's host memory (a retry after a host OOM raises it); default
@@ -123,7 +123,7 @@ def job_request(loaded: LoadedSpec, run_id: str, run_paths: RunPaths, command: N
             layout = generate_layout(spec)
             devices, nodes, stage = layout.devices, layout.nodes, "evaluate"
         job = stage_job(spec, run_id, run_paths, stage, attempt, command.script_args, host_python=host_python,
-                        gpus_per_node=devices, nodes=nodes, mem=mem, model_path=bind)
+                        gpus_per_node=devices, nodes=nodes, mem=mem, model_path=bind, exclude=exclude)
     lines = [f"NeMo container profile {command.profile}: NVIDIA/NeMo {get_profile(command.profile).ref}."]
     lines += [textwrap.fill(f"Note: {note}", width=100) for note in command.notes]
     return replace(job, description=job.description + "\n" + "\n".join(lines))

@@ -205,7 +205,8 @@ def _stage_command(loaded: LoadedSpec, paths: RunPaths, command: jobs.NemoComman
     # Only a fine-tune attempt's host memory is raised by the retry policy.
     mem = settings.mem if stage == "finetune" else None
     job = jobs.job_request(loaded, paths.run_id, paths, command, settings.attempt, host_python=sys.executable,
-                           model_dir=model_dir, hf_config=hf_config, mem=mem)
+                           model_dir=model_dir, hf_config=hf_config, mem=mem,
+                           exclude=settings.exclude_nodes if stage == "finetune" else ())
     described = command.as_json()
     return StageCommand(stage, settings.attempt, command.script_args, job=job,
                         files={paths.stage_config(stage, settings.attempt): json.dumps(described, indent=2) + "\n"},
