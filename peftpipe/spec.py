@@ -25,7 +25,7 @@ from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is wh
     memory_text,
     time_limit_s,
 )
-from peftpipe.engines.automodel.spec import AutomodelSpec
+from peftpipe.spec_automodel import AutomodelSpec
 from peftpipe.spec_nemo import NemoSpec
 
 # The registered engines' names (peftpipe/engine_registry.py): a new engine needs no edit here.

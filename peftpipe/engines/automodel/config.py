@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from peftpipe.engines.automodel.spec import AutomodelSpec
+from peftpipe.spec_automodel import AutomodelSpec
 from peftpipe.paths import RunPaths
 from peftpipe.spec import RunSpec
 
