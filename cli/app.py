@@ -13,6 +13,7 @@ from rich.table import Table
 from cli.artifacts import app as artifacts_app
 from cli.data import data_app
 from cli.render import render
+from cli.spec_commands import init, spec_app
 from cli.specs import SetOption, errors, load_or_exit, parse_overrides
 
 app = typer.Typer(help="Parameter-efficient fine-tuning pipelines for Slurm clusters.", no_args_is_help=True)
@@ -21,6 +22,8 @@ app.add_typer(hub_app, name="hub")
 app.add_typer(data_app, name="data")
 app.command()(render)
 app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(spec_app, name="spec")
+app.command()(init)
 console = Console()
 
 @app.command()
