@@ -15,6 +15,7 @@ from peftpipe.spec import LoadedSpec
 from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
+from flows.runs_table import publish_runs_table
 from flows.ui_artifacts import publish_run_artifacts
 from peftpipe.engines import engine_for
 from tasks.evaluate import evaluate
@@ -120,10 +121,12 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
     data = prepare_data(loaded, paths)
     if "convert" in engine_for(loaded.spec.engine).stages:
         prepare_engine(loaded, paths, fetched)
-    trained = finetune_with_retries(loaded, paths, fetched.path)
+    attempts: list = []
+    trained = finetune_with_retries(loaded, paths, fetched.path, records_out=attempts)
     metrics = evaluate(loaded, paths, fetched.path)
     manifest = publish(loaded, paths, run_id, fetched, data, metrics)
     publish_run_artifacts(paths, metrics, manifest)
+    publish_runs_table(loaded)
     return {
         "run_id": run_id,
         "run_dir": str(paths.root),
@@ -133,5 +136,7 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
                   "resumed_from_step": trained.resumed_from_step, "wall_time_s": trained.wall_time_s},
         "metrics": metrics,
         "manifest_url": manifest["manifest_url"],
+        "adapter_url": manifest["manifest_url"].rsplit("/", 1)[0] + "/adapter/",
         "objects": len(manifest["objects"]),
+        "attempts": [record.as_row() for record in attempts],
     }
