@@ -16,6 +16,7 @@ from peftpipe.retry import AttemptSettings
 from peftpipe.spec import LoadedSpec
 from peftpipe.train_metrics import last_logged
 from tasks.finetune import finetune
+from flows.training_chart import LiveTrainingChart
 
 __all__ = ["FinetuneGaveUp", "finetune_with_retries"]
 
@@ -50,10 +51,14 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
     def remember(latest: list[AttemptRecord]) -> None:
         records[:] = latest
 
+    # About 20 redraws over a run, whatever its length.
+    chart = LiveTrainingChart(paths, spec.train.max_steps, spec.name, every_steps=spec.train.max_steps // 20)
     try:
-        return run_attempts(spec, first_attempt(spec, micro_batch_size), run_one, on_records=remember,
-                            log=logger.warning, estimate_gib=estimator, data_parallel=engine.data_parallel_size(spec),
-                            last_logged=lambda: last_logged(paths.train_metrics_file))
+        with chart:
+            return run_attempts(spec, first_attempt(spec, micro_batch_size), run_one, on_records=remember,
+                                log=logger.warning, estimate_gib=estimator,
+                                data_parallel=engine.data_parallel_size(spec),
+                                last_logged=lambda: last_logged(paths.train_metrics_file))
     finally:
         # Once, when the attempts are over: an artifact created after every attempt showed up as
         # one card per attempt on the flow run's page.
