@@ -127,6 +127,10 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
     manifest = publish(loaded, paths, run_id, fetched, data, metrics)
     publish_run_artifacts(paths, metrics, manifest)
     publish_runs_table(loaded)
+    adapter_url = manifest["manifest_url"].rsplit("/", 1)[0] + "/adapter/"
+    # The last line of the run's log: what `prefect deployment run --watch` and the UI's log show at the end.
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    get_run_logger().info("run %s finished: %s; adapter %s", run_id, scores, adapter_url)
     return {
         "run_id": run_id,
         "run_dir": str(paths.root),
@@ -136,7 +140,7 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
                   "resumed_from_step": trained.resumed_from_step, "wall_time_s": trained.wall_time_s},
         "metrics": metrics,
         "manifest_url": manifest["manifest_url"],
-        "adapter_url": manifest["manifest_url"].rsplit("/", 1)[0] + "/adapter/",
+        "adapter_url": adapter_url,
         "objects": len(manifest["objects"]),
         "attempts": [record.as_row() for record in attempts],
     }

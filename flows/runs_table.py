@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
 
-from blocks.credentials import store_access
-
+from flows.store import artifact_store
 from peftpipe.artifacts import ArtifactStoreError
 from peftpipe.run_table import collect_runs, runs_table
 from peftpipe.spec import LoadedSpec
-from peftpipe.stores import open_store
 
 
 def runs_table_key(spec_name: str) -> str:
@@ -20,7 +18,7 @@ def publish_runs_table(loaded: LoadedSpec) -> str | None:
     """The same table as ``peftpipe runs NAME``; the key, or None when the store could not be read."""
     spec = loaded.spec
     try:
-        rows = runs_table(collect_runs(open_store(spec.artifacts.store, spec.artifacts.s3, store_access(loaded)), spec.name))
+        rows = runs_table(collect_runs(artifact_store(loaded), spec.name))
     except ArtifactStoreError:
         return None  # the run itself is published; a table it cannot read is no reason to fail it
     if not rows:
