@@ -71,7 +71,7 @@ def starter_values(name: str, model: str, dataset_format: str, data: str) -> dic
 def commented_yaml(values: dict[str, Any], header: str) -> str:
     """``values`` as block YAML with each key's reference description as a comment above it."""
     descriptions = {entry.key: entry.description for entry in entries()}
-    lines = [f"# {line}" for line in header.splitlines()]
+    lines = [f"# {line}" for line in header.splitlines()] + [""]
 
     def emit(node: dict[str, Any], prefix: str, depth: int) -> None:
         indent = "  " * depth
