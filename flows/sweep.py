@@ -49,11 +49,6 @@ def sweep(grid: dict[str, list[Any]], spec_path: str = DEFAULT_SPEC, sweep_id: s
         results.append({**(result if isinstance(result, dict) else {"error": str(result)}), "run_id": run_id,
                         "point": point, "state": state.name})
     store = artifact_store(checked[0])
-    by_id = {run.run_id: run for run in collect_runs(store, spec.name)}
-    published = [by_id[r["run_id"]] for r in results if r["run_id"] in by_id]
-    if published:
-        create_table_artifact(comparison(published), key=f"sweep-{spec.name}",
-                              description=f"Sweep {sweep_id}: every child key by key (* = differs)")
     metric = spec.evaluation.select_metric
     best = best_child([r for r in results if r["state"] == "Completed"], metric)
     promoted = False
@@ -65,6 +60,12 @@ def sweep(grid: dict[str, list[Any]], spec_path: str = DEFAULT_SPEC, sweep_id: s
             promote(store, spec.name, best["run_id"], metric, best["metrics"][metric], best["data"]["fingerprint"])
             promoted = True
             logger.info("promoted %s", best["run_id"])
+    # After the promotion, so the table's promoted row is the decision just taken.
+    by_id = {run.run_id: run for run in collect_runs(store, spec.name)}
+    published = [by_id[r["run_id"]] for r in results if r["run_id"] in by_id]
+    if published:
+        create_table_artifact(comparison(published), key=f"sweep-{spec.name}",
+                              description=f"Sweep {sweep_id}: every child key by key (* = differs)")
     return {"sweep_id": sweep_id, "children": [{"run_id": r["run_id"], "point": r["point"], "state": r["state"],
                                                  "metrics": r.get("metrics", {})} for r in results],
             "best": best["run_id"] if best else None, "metric": metric, "promoted": promoted}

@@ -34,7 +34,8 @@ def test_sweep_runs_each_point_compares_and_promotes_the_best(tmp_path: Path, hu
     store = tmp_path / "store"
     spec = write_spec(tmp_path, {"model.endpoint": hub_endpoint, "model.cache_dir": str(tmp_path / "hf"),
                                  "workdir": str(tmp_path / "runs"), "artifacts.store": f"file://{store}",
-                                 "train.max_steps": 2, "train.checkpoint_every": 2, "evaluation.max_records": 4,
+                                 "train.max_steps": 2, "train.warmup_steps": 0, "train.checkpoint_every": 2,
+                                 "evaluation.max_records": 4,
                                  "evaluation.select_metric": "loss"})
     result = sweep(grid={"train.learning_rate": [0.001, 0.01]}, spec_path=str(spec), sweep_id="lr-sweep",
                    promote_best=True)
