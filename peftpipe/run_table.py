@@ -85,9 +85,8 @@ def differing_keys(runs: list[StoredRun]) -> list[str]:
     keys: list[str] = []
     for flat in flats:
         keys += [key for key in flat if key not in keys]
-    method = None
     return [key for key in keys
-            if _relevant(key, flats[0].get("peft.method", method)) and len({repr(f.get(key)) for f in flats}) > 1]
+            if _relevant(key, flats[0].get("peft.method")) and len({repr(f.get(key)) for f in flats}) > 1]
 
 
 def value_text(value: Any) -> str:
