@@ -4,7 +4,8 @@
     python bench/train_throughput.py --smoke                       # on a CPU: a tiny model, to check the script
 
 The model is built from a config with random weights (no download): Llama-3.2-1B's shape by
-default. Every configuration sweeps the micro batch (powers of two) until CUDA runs out of
+default, or another family's (``--model``: the OpenCALM-3B and rinna-3.6B GPT-NeoX shapes, Qwen2,
+Gemma 2). Every configuration sweeps the micro batch (powers of two) until CUDA runs out of
 memory and reports the best: tokens/s, MFU(4N) = 4 * N * tokens/s / peak bf16 dense FLOP/s
 (N = all parameters; 989.4 TFLOP/s for an H100 SXM), peak allocated memory, and the estimate of
 ``peftpipe.memory`` for it.
@@ -48,6 +49,27 @@ LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "vocab_size": 128256, 
             "num_key_value_heads": 8, "intermediate_size": 8192, "tie_word_embeddings": True}
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 512, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 176, "tie_word_embeddings": True}
+# --model: (transformers config class, its arguments). GPT-NeoX shapes from the models' config.json.
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama-1b": ("LlamaConfig", LLAMA_1B),
+    "tiny": ("LlamaConfig", TINY),
+    "tiny-neox": ("GPTNeoXConfig", {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 512,
+                                    "num_attention_heads": 4, "intermediate_size": 256, "tie_word_embeddings": False}),
+    "tiny-gemma2": ("Gemma2Config", {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 512, "head_dim": 16,
+                                     "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 176}),
+    "opencalm-3b": ("GPTNeoXConfig", {"hidden_size": 2560, "num_hidden_layers": 32, "vocab_size": 52096,
+                                      "num_attention_heads": 32, "intermediate_size": 10240, "rotary_pct": 1.0,
+                                      "use_parallel_residual": True, "tie_word_embeddings": False}),
+    "rinna-3.6b": ("GPTNeoXConfig", {"hidden_size": 2816, "num_hidden_layers": 36, "vocab_size": 32000,
+                                     "num_attention_heads": 22, "intermediate_size": 11264, "rotary_pct": 1.0,
+                                     "use_parallel_residual": False, "tie_word_embeddings": False}),
+    "qwen2-1.5b": ("Qwen2Config", {"hidden_size": 1536, "num_hidden_layers": 28, "vocab_size": 151936,
+                                   "num_attention_heads": 12, "num_key_value_heads": 2, "intermediate_size": 8960,
+                                   "tie_word_embeddings": True}),
+    "gemma2-2b": ("Gemma2Config", {"hidden_size": 2304, "num_hidden_layers": 26, "vocab_size": 256000,
+                                   "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                                   "intermediate_size": 9216, "query_pre_attn_scalar": 256, "sliding_window": 4096}),
+}
 # Engine variants: (use_liger, fuse_projections); None = Liger when installed.
 ENGINE_VARIANTS = {"engine": (None, True), "engine-noliger": (False, True), "engine-unfused": (None, False)}
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -57,17 +79,44 @@ METHODS = {
     "lora-all": {"method": "lora", "r": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": ALL_LINEAR},
     "ia3": {"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
     "ptuning": {"method": "ptuning", "num_virtual_tokens": 10, "encoder_hidden_size": 128},
+    # GPT-NeoX (OpenCALM, rinna): the fused q/k/v projection and the attention output.
+    "lora-qkv-dense": {"method": "lora", "r": 16, "alpha": 32.0, "dropout": 0.0,
+                       "target_modules": ["query_key_value", "dense"]},
+    "lora-auto": {"method": "lora", "r": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": "auto"},
 }
 
 
-def build_base(shape: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def model_config(shape: dict[str, Any]) -> Any:
+    import transformers
 
-    config = LlamaConfig(**shape, max_position_embeddings=8192, attn_implementation="sdpa")
+    class_name, arguments = next((c, a) for c, a in MODELS.values() if a is shape)
+    return getattr(transformers, class_name)(**arguments, max_position_embeddings=8192)
+
+
+def build_base(shape: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(shape)
+    # The attention the engine loads the family with (modeling.load_base_model): eager for soft-capping.
+    attention = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
     torch.manual_seed(seed)
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention).to(dtype)
     return model
+
+
+def model_shape(shape: dict[str, Any]) -> ModelShape:
+    """The estimate's shape, from the meta-device model as the preflight reads it."""
+    from peftpipe.model_inspect import inspect_config
+
+    return ModelShape.from_layout(inspect_config(model_config(shape).to_dict()))
+
+
+def resolved_targets(shape: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    from peftpipe.model_inspect import inspect_config
+    from peftpipe.model_fit import resolved_peft
+
+    return resolved_peft(settings, inspect_config(model_config(shape).to_dict()))
 
 
 def free_memory() -> None:
@@ -176,20 +225,21 @@ def sweep(name: str, run_one: Any, sizes: list[int], device: torch.device) -> li
 
 def full_length(args: argparse.Namespace, shape: dict[str, Any], device: torch.device, dtype: torch.dtype,
                 peak: float) -> list[dict[str, Any]]:
-    n_params = ModelShape.from_hf_config(shape).parameters
-    model_shape = ModelShape.from_hf_config(shape)
+    shape_of_model = model_shape(shape)
+    n_params = shape_of_model.parameters
     seq, vocab, steps = args.seq, shape["vocab_size"], args.steps + 2
     results: list[dict[str, Any]] = []
 
     def describe(seconds: float, tokens: int, mbs: int, kernels: str, method: str, targets: list[str]) -> dict:
-        estimate = estimate_memory(model_shape, seq, mbs, method=method, kernels=kernels,
-                                   target_modules=tuple(targets) or ("q_proj",))
+        estimate = estimate_memory(shape_of_model, seq, mbs, method=method, kernels=kernels,
+                                   target_modules=tuple(targets), feedforward_modules=feedforward)
         return {"tokens_per_s": tokens / seconds, "mfu": 4 * n_params * tokens / seconds / peak,
                 "peak_gib": peak_gib(device), "estimate_gib": estimate.total_gib}
 
     for name in args.methods:
-        settings = METHODS[name]
+        settings = resolved_targets(shape, METHODS[name])
         targets = settings.get("target_modules", [])
+        feedforward = tuple(settings.get("feedforward_modules", ()))
         if "plain" in args.variants:
             def plain(mbs: int) -> dict:
                 rows = random_rows(mbs * steps, seq, vocab, seed=mbs)
@@ -205,8 +255,9 @@ def full_length(args: argparse.Namespace, shape: dict[str, Any], device: torch.d
         use_liger, fuse = ENGINE_VARIANTS[variant]
         # The ablations (without Liger, without fused projections) run for the headline configuration only.
         for name in [m for m in args.methods if variant == "engine" or m == "lora-qkvo"]:
-            settings = METHODS[name]
+            settings = resolved_targets(shape, METHODS[name])
             targets = settings.get("target_modules", [])
+            feedforward = tuple(settings.get("feedforward_modules", ()))
 
             def engine(mbs: int) -> dict:
                 setup = engine_setup(shape, settings, device, dtype, use_liger, fuse)
@@ -215,9 +266,11 @@ def full_length(args: argparse.Namespace, shape: dict[str, Any], device: torch.d
                           "precision": args.precision}
                 seconds, tokens, _ = engine_trial(setup, [rows[i * mbs:(i + 1) * mbs] for i in range(steps)],
                                                   config, device)
-                kernels = "liger" if setup[0].use_liger else "fused"
+                # Liger's layer kernels apply to the families it patches (not GPT-NeoX): the estimate follows.
+                kernels = "liger" if any(f.startswith("liger rmsnorm") for f in setup[0].features) else "fused"
                 row = describe(seconds, tokens, mbs, kernels, settings["method"], targets)
                 row["features"] = setup[0].features
+                print(f"{variant} {name} mbs {mbs}: {'; '.join(setup[0].features)}", flush=True)
                 return row
             results += sweep(f"{variant} {name}", engine, args.engine_sizes, device)
     return results
@@ -249,10 +302,11 @@ def real_lengths(args: argparse.Namespace, shape: dict[str, Any], device: torch.
     batches = [records[i * args.global_batch:(i + 1) * args.global_batch] for i in range(steps)]
     results = []
     for packing, sizes in ((False, args.padded_sizes), (True, args.packed_sizes)):
-        name = "engine lora-qkvo " + ("packed" if packing else "padded to longest")
+        method = args.methods[0]
+        name = f"engine {method} " + ("packed" if packing else "padded to longest")
 
         def one(mbs: int) -> dict:
-            setup = engine_setup(shape, METHODS["lora-qkvo"], device, dtype, None)
+            setup = engine_setup(shape, resolved_targets(shape, METHODS[method]), device, dtype, None)
             config = {"micro_batch_size": mbs, "max_seq_length": seq, "packing": packing, "pad_id": 0,
                       "precision": args.precision}
             seconds, tokens, first_loss = engine_trial(setup, batches, config, device)
@@ -276,13 +330,13 @@ def categorise(kernel: str) -> str:
 
 def profile(args: argparse.Namespace, shape: dict[str, Any], device: torch.device, dtype: torch.dtype,
             which: str) -> str:
-    """Per-op CUDA time of two steps of the plain loop or of the engine (LoRA q/k/v/o)."""
+    """Per-op CUDA time of two steps of the plain loop or of the engine (the first of ``--methods``)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     report = []
-    seq, vocab, settings = args.seq, shape["vocab_size"], METHODS["lora-qkvo"]
+    seq, vocab, settings = args.seq, shape["vocab_size"], resolved_targets(shape, METHODS[args.methods[0]])
     for label, mbs in (("plain", args.profile[0]), ("engine", args.profile[1])):
         if label != which:
             continue
@@ -348,6 +402,7 @@ def table(rows: list[dict[str, Any]], with_mfu: bool) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model, short sequences (checks the script)")
+    parser.add_argument("--model", default="llama-1b", choices=list(MODELS), help="the shape (random weights)")
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per trial (after 2 warm-up steps)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -366,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shape = TINY if args.smoke else LLAMA_1B
+    shape = TINY if args.smoke and args.model == "llama-1b" else MODELS[args.model][1]
     if args.smoke:
         args.seq, args.steps, args.global_batch = 128, 1, 32
         args.plain_sizes, args.engine_sizes, args.padded_sizes, args.packed_sizes = [2], [2], [4], [1]
@@ -399,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     if real:
         print("\nreal lengths (answer-only labels; tokens/s counts real tokens, not padding):\n" + table(real, False))
     if args.out:
-        args.out.write_text(json.dumps({"device": name, "versions": versions, "argv": sys.argv, "full": full,
+        args.out.write_text(json.dumps({"device": name, "versions": versions, "argv": sys.argv, "model": args.model,
+                                        "full": full,
                                         "real": real}, indent=2))
 
 

@@ -1,5 +1,5 @@
 """``python -m cli``: the same command line as the ``peftpipe`` console script."""
 
-from cli.app import app
+from cli.app import main
 
-app()
+main()

@@ -14,7 +14,7 @@ from cli.data import data_app
 from cli.render import render
 from cli.runs import runs
 from cli.spec_commands import init, spec_app
-from cli.specs import SetOption, errors, load_or_exit, parse_overrides
+from cli.specs import INVALID_SPEC_EXIT, SetOption, checked_run_id_option, errors, load_or_exit, parse_overrides
 
 app = typer.Typer(help="Parameter-efficient fine-tuning pipelines for Slurm clusters.", no_args_is_help=True)
 hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=True)
@@ -26,6 +26,19 @@ app.add_typer(spec_app, name="spec")
 app.command()(init)
 app.command()(runs)
 console = Console()
+FAILED_EXIT = 1
+
+
+def main() -> None:
+    """The ``peftpipe`` command: a file that cannot be read or written ends it with one line, not a traceback."""
+    try:
+        app()
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        errors.print(f"peftpipe{where}: {error.strerror or error}. Fix: check the path and its permissions.",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(FAILED_EXIT) from None
+
 
 @app.command()
 def validate(spec: Path, set_: SetOption = None) -> None:
@@ -42,6 +55,7 @@ def run(
 ) -> None:
     """Run the finetune flow for SPEC through Prefect and print a summary of its stages."""
     overrides = parse_overrides(set_)
+    run_id = checked_run_id_option(run_id)
     loaded = load_or_exit(spec, overrides)
     from cli.run_summary import print_summary, resume_command
     from flows.finetune import finetune
@@ -83,6 +97,10 @@ def diagnose(
 
     from peftpipe.failures import diagnose as diagnose_log
 
+    if not log_file.is_file():
+        errors.print(f"LOG_FILE: {log_file} is not a file. Fix: pass a job's log (slurm-<job id>.out or output.log).",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(INVALID_SPEC_EXIT)
     text = log_file.read_text(encoding="utf-8", errors="replace")
     print(json.dumps(diagnose_log(state, exit_code, text).as_dict(), ensure_ascii=False))
 
@@ -92,12 +110,26 @@ def tiny_model(
     out_dir: Path,
     corpus: Annotated[list[Path], typer.Option(help="JSON/JSONL/text files the tokenizer is trained on.")],
     vocab_size: int = 1024,
+    family: Annotated[str, typer.Option(help="Model family: llama, mistral, qwen2, qwen3, gemma, gemma2,"
+                                        " gemma3_text, phi3, gpt_neox, gpt2, falcon, stablelm, mixtral,"
+                                        " qwen2_moe.")] = "llama",
 ) -> None:
-    """Build a tiny random-weight Llama and its tokenizer in OUT_DIR (no download)."""
-    from peftpipe.tiny_model import build_tiny_llama, corpus_from_files
+    """Build a tiny random-weight model of a family (default Llama) and its tokenizer in OUT_DIR (no download)."""
+    from peftpipe.tiny_model import FAMILIES, build_tiny_model, corpus_from_files
 
-    build_tiny_llama(out_dir, corpus_from_files(corpus), vocab_size=vocab_size)
-    console.print(f"tiny model written to {out_dir}")
+    try:
+        texts = list(corpus_from_files(corpus))
+    except (OSError, ValueError, RecursionError) as error:  # missing file, not UTF-8, malformed JSON
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        errors.print(f"--corpus: cannot read {', '.join(map(str, corpus))} ({detail}). Fix: pass JSON, JSONL or text"
+                     " files in UTF-8.", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(INVALID_SPEC_EXIT) from None
+    if family not in FAMILIES:
+        errors.print(f"--family: unknown family {family!r}. Fix: choose one of {', '.join(FAMILIES)}.",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(INVALID_SPEC_EXIT)
+    build_tiny_model(out_dir, iter(texts), family=family, vocab_size=vocab_size)
+    console.print(f"tiny {family} model written to {out_dir}")
 
 
 @hub_app.command("serve")
@@ -110,7 +142,16 @@ def hub_serve(
     """Serve ROOT/<owner>/<name>/ repositories to huggingface_hub (use HF_ENDPOINT=http://HOST:PORT)."""
     from peftpipe.hub.mirror import MirrorRoot, make_server
 
-    server = make_server(MirrorRoot(root), host, port)
+    if not root.is_dir():
+        errors.print(f"ROOT: {root} is not a directory. Fix: pass the mirror directory (ROOT/<owner>/<name>/).",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(INVALID_SPEC_EXIT)
+    try:
+        server = make_server(MirrorRoot(root), host, port)
+    except OSError as error:  # a host that does not resolve, a port in use or not allowed
+        errors.print(f"cannot listen on {host}:{port} ({error.strerror or error}). Fix: choose another --host or"
+                     " --port (0 picks a free one).", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(FAILED_EXIT) from None
     bound = server.server_address[1]
     if port_file is not None:
         port_file.write_text(f"{bound}\n")

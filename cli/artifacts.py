@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from peftpipe.artifacts import ArtifactStore, ArtifactStoreError, restore
+from peftpipe.manifests import ManifestError
 from peftpipe.stores import open_store
 from peftpipe.spec import ArtifactsSpec
 
@@ -40,13 +42,15 @@ def _store(store: str | None, spec: Path | None, endpoint_url: str | None, crede
            ) -> ArtifactStore:
     settings = ArtifactsSpec()
     if spec is not None:
-        raw = yaml.safe_load(spec.read_text(encoding="utf-8")) or {}
-        settings = ArtifactsSpec.model_validate(raw.get("artifacts") or {})
+        settings = _spec_settings(spec)
     url = store or (settings.store if spec is not None else os.environ.get(STORE_ENV))
     if not url:
-        errors.print(f"no artifact store: pass --store URL or --spec SPEC, or set {STORE_ENV}.")
+        errors.print(f"no artifact store: pass --store URL or --spec SPEC, or set {STORE_ENV}.", soft_wrap=True)
         raise typer.Exit(2)
-    settings = ArtifactsSpec(store=url, s3=settings.s3)  # validates the URL
+    try:
+        settings = ArtifactsSpec(store=url, s3=settings.s3)  # validates the URL
+    except ValidationError as error:
+        _exit_invalid(f"--store {url}", error)
     s3 = settings.s3.model_copy(update={"endpoint_url": endpoint_url or settings.s3.endpoint_url})
     access = None
     block = credentials_block or s3.credentials_block
@@ -55,6 +59,28 @@ def _store(store: str | None, spec: Path | None, endpoint_url: str | None, crede
 
         access = s3_access(block)
     return open_store(url, s3, access)
+
+
+def _spec_settings(spec: Path) -> ArtifactsSpec:
+    """The ``artifacts`` section of ``spec``; a file that is missing or malformed ends with one line."""
+    try:
+        raw = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        errors.print(f"--spec {spec}: cannot read it as YAML ({' '.join(str(error).split())}). Fix: pass a run spec.",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    section = raw.get("artifacts") if isinstance(raw, dict) else None
+    try:
+        return ArtifactsSpec.model_validate(section or {})
+    except ValidationError as error:
+        _exit_invalid(f"--spec {spec}", error)
+
+
+def _exit_invalid(where: str, error: ValidationError) -> NoReturn:
+    problems = "; ".join(f"{'.'.join(map(str, ['artifacts', *item['loc']]))}: {item['msg']}"
+                         for item in error.errors())
+    errors.print(f"{where}: {problems}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -74,7 +100,7 @@ def ls(
         if run_id is None:
             table = Table("run", "status")
             for run in target.list_runs():
-                table.add_row(run, "complete" if target.read_manifest(run) else "incomplete (no manifest)")
+                table.add_row(run, _status(target, run))
             console.print(table)
             return
         manifest = target.read_manifest(run_id)
@@ -92,6 +118,14 @@ def ls(
     for obj in manifest["objects"]:
         table.add_row(obj["key"], f"{obj['size']:,}", obj["sha256"])
     console.print(table)
+
+
+def _status(target: ArtifactStore, run: str) -> str:
+    """One run's line of the listing: a malformed manifest is that run's problem, not the listing's."""
+    try:
+        return "complete" if target.read_manifest(run) else "incomplete (no manifest)"
+    except ManifestError as error:
+        return f"malformed manifest: {error}"
 
 
 @app.command("get")
@@ -127,6 +161,6 @@ def promoted(
     except (ArtifactStoreError, ValueError) as error:
         raise _fail(error) from None
     if pointer is None:
-        errors.print(f"spec {name!r} has no promoted adapter in this store.", markup=False, highlight=False)
+        errors.print(f"spec {name!r} has no promoted adapter in this store.", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     print(json.dumps(pointer, indent=2))

@@ -55,7 +55,8 @@ def _field_mapping(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in ("input", "output", "metadata"):
-            errors.print(f"--field {pair!r}: expected input=TEMPLATE, output=FIELD or metadata=A,B", markup=False)
+            errors.print(f"--field {pair!r}: expected input=TEMPLATE, output=FIELD or metadata=A,B", markup=False,
+                         soft_wrap=True)
             raise typer.Exit(INVALID_OPTIONS_EXIT)
         mapping[key] = [v for v in value.split(",") if v] if key == "metadata" else _unescape(value)
     return mapping
@@ -178,7 +179,7 @@ def stats(
 
     for option, path, kind in (("FILE", file, "file"), ("--model", model, "directory")):
         if not (path.is_file() if kind == "file" else path.is_dir()):
-            errors.print(f"{option}: {path} is not a {kind}. Fix: correct the path.", markup=False)
+            errors.print(f"{option}: {path} is not a {kind}. Fix: correct the path.", markup=False, soft_wrap=True)
             raise typer.Exit(INVALID_OPTIONS_EXIT)
     try:
         figures = token_stats(file, model, max_seq_length, _unescape(prompt_template))

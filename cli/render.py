@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from cli.specs import errors, load_or_exit, parse_overrides
+from cli.specs import checked_run_id_option, errors, load_or_exit, parse_overrides
 from peftpipe.attempts import first_attempt
 from peftpipe.engines import engine_for
 from peftpipe.slurm.render import render_batch_script
@@ -44,6 +44,7 @@ def render(
     if stage not in ("convert", "finetune", "evaluate"):
         errors.print(f"--stage {stage!r}: expected convert, finetune or evaluate")
         raise typer.Exit(2)
+    run_id = checked_run_id_option(run_id)
     loaded = load_or_exit(spec, parse_overrides(set_))
     paths = run_paths(loaded, run_id or f"{loaded.spec.name}-render")
     settings = replace(first_attempt(loaded.spec, micro_batch_size), attempt=attempt)

@@ -42,8 +42,13 @@ def reference(
     if write is None:
         print(text, end="")
         return
-    write.parent.mkdir(parents=True, exist_ok=True)
-    write.write_text(text, encoding="utf-8")
+    try:
+        write.parent.mkdir(parents=True, exist_ok=True)
+        write.write_text(text, encoding="utf-8")
+    except OSError as error:
+        errors.print(f"{write}: cannot write it ({error.strerror}). Fix: pass a path in a writable directory.",
+                     markup=False)
+        raise typer.Exit(1) from None
     console.print(f"wrote {write}")
 
 
@@ -68,6 +73,11 @@ def init(
         errors.print(f"{out} exists. Fix: pass another path, or --force to overwrite it.")
         raise typer.Exit(INVALID_SPEC_EXIT)
     slug = re.sub(r"[^a-z0-9]+", "-", f"{Path(model.rstrip('/')).name}-{data_format}-lora".lower()).strip("-")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(starter_spec(name or slug[:63], model, data_format, data), encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(starter_spec(name or slug[:63], model, data_format, data), encoding="utf-8")
+    except OSError as error:
+        errors.print(f"{out}: cannot write it ({error.strerror}). Fix: pass a path in a writable directory.",
+                     markup=False)
+        raise typer.Exit(1) from None
     console.print(f"wrote {out}: check it with `peftpipe validate {out}`")

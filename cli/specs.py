@@ -9,6 +9,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from peftpipe.safe_names import UnsafeName, check_run_id
 from peftpipe.spec import LoadedSpec
 from peftpipe.validation import SpecError, load_spec
 
@@ -40,4 +41,13 @@ def load_or_exit(spec: Path, overrides: dict[str, Any]) -> LoadedSpec:
         errors.print(f"[bold red]{spec}: invalid run spec[/]")
         for issue in error.issues:
             errors.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(INVALID_SPEC_EXIT) from None
+
+
+def checked_run_id_option(run_id: str | None) -> str | None:
+    """``--run-id`` if it follows the run-id rule; else one line and exit 2."""
+    try:
+        return None if run_id is None else check_run_id(run_id, "--run-id")
+    except UnsafeName as error:
+        errors.print(str(error), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(INVALID_SPEC_EXIT) from None

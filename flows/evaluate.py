@@ -14,6 +14,7 @@ from peftpipe import stages
 from peftpipe.artifacts import restore
 from peftpipe.paths import RunPaths
 from peftpipe.promotion import read_promoted
+from peftpipe.safe_names import check_run_id
 from peftpipe.spec import LoadedSpec
 from flows.finetune import DEFAULT_SPEC, load_or_log
 from flows.store import artifact_store
@@ -58,6 +59,9 @@ def evaluate_adapter(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, t
         eval_id: The evaluation's run directory name; default: ``<run id>-eval-<UTC time>``.
         overrides: Dotted spec keys, e.g. ``{"evaluation.max_records": 50}``.
     """
+    for parameter, value in (("run_id", run_id), ("eval_id", eval_id)):
+        if value is not None:
+            check_run_id(value, f"{parameter} parameter")
     loaded = load_or_log(spec_path, overrides or {})
     source = resolve_run_id(loaded, run_id)
     eval_id = eval_id or stages.new_run_id(f"{source}-eval")

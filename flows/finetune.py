@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
 from peftpipe import stages
+from peftpipe.safe_names import check_run_id
 from peftpipe.slurm.client import SlurmClient
 from peftpipe.slurm.jobs import job_name_prefix
 from peftpipe.spec import LoadedSpec
@@ -109,6 +110,8 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
 
     The spec is validated with every override before any stage starts or any job is submitted.
     """
+    if run_id is not None:
+        check_run_id(run_id, "run_id parameter")
     changes = spec_overrides(overrides, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
                              max_steps=max_steps, peft_scheme=peft_scheme, model=model)
     loaded = load_or_log(spec_path, changes)

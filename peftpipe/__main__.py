@@ -3,6 +3,6 @@
 An entry point is run, never imported, so it may reach the top layer from here.
 """
 
-from cli.app import app
+from cli.app import main
 
-app()
+main()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from peftpipe.hashing import sha256_file
+from peftpipe.manifests import checked_manifest
+from peftpipe.safe_names import check_run_id, check_store_key, check_store_prefix, inside, is_run_id
 
 
 MANIFEST = "manifest.json"
@@ -39,8 +41,17 @@ class RunIncomplete(ArtifactStoreError):
 
 
 class ChecksumMismatch(ArtifactStoreError):
-    """Downloaded bytes differ from the manifest's sha256; nothing was written to the destination."""
+    """Downloaded bytes differ from the manifest's size or sha256; nothing was written to the destination."""
 
+
+def checked_location(run_id: str, key: str = "") -> None:
+    """Refuse a run id or key that could leave the store's run (every store method calls this first).
+
+    The store's own records (``_promoted``) pass here; methods about runs (manifests) take run ids only.
+    """
+    check_store_prefix(run_id)
+    if key:
+        check_store_key(run_id, key)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class FileArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def put_file(self, run_id: str, key: str, source: Path) -> StoredObject:
+        checked_location(run_id, key)
         target = self.root / run_id / key
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
@@ -90,6 +102,7 @@ class FileArtifactStore:
         return StoredObject(key, target.stat().st_size, sha256_file(target))
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        check_run_id(run_id)
         target = self.root / run_id / MANIFEST
         partial = target.with_name(f".{MANIFEST}.partial")
         partial.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
@@ -97,22 +110,30 @@ class FileArtifactStore:
         return self.url(run_id, MANIFEST)
 
     def read_manifest(self, run_id: str) -> dict[str, Any] | None:
+        check_run_id(run_id)
         target = self.root / run_id / MANIFEST
-        return json.loads(target.read_text()) if target.is_file() else None
+        return checked_manifest(run_id, target.read_bytes(), self.url(run_id, MANIFEST)) if target.is_file() else None
 
     def list_runs(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(RESERVED))
+        # A directory whose name is not a run id (someone else's, or a hostile one) is not a run.
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_run_id(p.name))
 
     def read_bytes(self, run_id: str, key: str) -> bytes | None:
+        checked_location(run_id, key)
         target = self.root / run_id / key
         return target.read_bytes() if target.is_file() else None
 
     def download(self, run_id: str, key: str, dest: Path) -> None:
-        shutil.copyfile(self.root / run_id / key, dest)
+        checked_location(run_id, key)
+        source = self.root / run_id / key
+        if not source.is_file():
+            raise ArtifactStoreError(f"{self.url(run_id, key)} is listed in the manifest but missing from the store.")
+        shutil.copyfile(source, dest)
 
     def url(self, run_id: str, key: str = "") -> str:
+        checked_location(run_id, key)
         return (self.root / run_id / key).resolve().as_uri()
 
 
@@ -147,7 +168,9 @@ def restore(store: ArtifactStore, run_id: str, name: str, dest: Path) -> list[Pa
     under the directory ``dest``. Each file is checked against the manifest's size and sha256
     before it appears at its destination; a file already there with that sha256 is kept.
     """
-    manifest = store.read_manifest(run_id)
+    check_run_id(run_id)
+    check_store_key(run_id, name.strip("/"))
+    manifest = store.read_manifest(run_id)  # checked: every key is relative and stays below its run
     if manifest is None:
         raise RunIncomplete(f"run {run_id!r} has no {MANIFEST} at {store.url(run_id)}: it is not published"
                             " (or its publish has not finished); `peftpipe artifacts ls` lists complete runs.")
@@ -157,7 +180,7 @@ def restore(store: ArtifactStore, run_id: str, name: str, dest: Path) -> list[Pa
         target = dest / Path(name).name if dest.is_dir() else dest
         chosen = [(objects[name], target)]
     else:
-        chosen = [(o, dest / key[len(prefix):]) for key, o in objects.items() if key.startswith(prefix)]
+        chosen = [(o, inside(dest, key[len(prefix):], run_id)) for key, o in objects.items() if key.startswith(prefix)]
     if not chosen:
         raise ArtifactStoreError(f"run {run_id!r} has no object or prefix {name!r}; it has: {', '.join(objects)}.")
     for obj, target in chosen:
@@ -167,8 +190,12 @@ def restore(store: ArtifactStore, run_id: str, name: str, dest: Path) -> list[Pa
         partial = target.with_name(f".{target.name}.partial")
         try:
             store.download(run_id, obj["key"], partial)
+            size = partial.stat().st_size
+            if size != obj["size"]:
+                raise ChecksumMismatch(f"{store.url(run_id, obj['key'])}: size {size:,} bytes differs from the"
+                                       f" manifest's {obj['size']:,}; the stored object is truncated or was replaced.")
             got = sha256_file(partial)
-            if got != obj["sha256"] or partial.stat().st_size != obj["size"]:
+            if got != obj["sha256"]:
                 raise ChecksumMismatch(f"{store.url(run_id, obj['key'])}: sha256 {got} differs from the manifest's"
                                        f" {obj['sha256']}; the stored object is damaged or was replaced.")
             os.replace(partial, target)

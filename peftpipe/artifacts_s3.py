@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from peftpipe.artifacts import (
-    MANIFEST, RESERVED, ArtifactStoreError, Progress, StoredObject, StoreUnavailable, sha256_file,
+    MANIFEST, ArtifactStoreError, Progress, StoredObject, StoreUnavailable, checked_location, sha256_file,
 )
+from peftpipe.manifests import checked_manifest
+from peftpipe.safe_names import check_run_id, is_run_id
 from peftpipe.spec import S3StoreSpec
 
 MIB = 1 << 20
@@ -86,6 +88,7 @@ class S3ArtifactStore:
         return cls(bucket, prefix, settings, access, on_progress)
 
     def key_for(self, run_id: str, key: str = "") -> str:
+        checked_location(run_id, key)
         return "/".join(part for part in (self.prefix, run_id, key) if part)
 
     def url(self, run_id: str, key: str = "") -> str:
@@ -107,6 +110,7 @@ class S3ArtifactStore:
         return StoredObject(key, size, sha256)
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        check_run_id(run_id)
         body = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
         with self._errors(self.url(run_id, MANIFEST)):
             self.client.put_object(Bucket=self.bucket, Key=self.key_for(run_id, MANIFEST), Body=body,
@@ -114,12 +118,14 @@ class S3ArtifactStore:
         return self.url(run_id, MANIFEST)
 
     def read_manifest(self, run_id: str) -> dict[str, Any] | None:
+        check_run_id(run_id)
         with self._errors(self.url(run_id, MANIFEST)):
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=self.key_for(run_id, MANIFEST))
             except self.client.exceptions.NoSuchKey:
                 return None
-            return json.loads(response["Body"].read())
+            content = response["Body"].read()
+        return checked_manifest(run_id, content, self.url(run_id, MANIFEST))
 
     def list_runs(self) -> list[str]:
         base = f"{self.prefix}/" if self.prefix else ""
@@ -128,7 +134,8 @@ class S3ArtifactStore:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=base, Delimiter="/"):
                 runs += [entry["Prefix"][len(base):].rstrip("/") for entry in page.get("CommonPrefixes", [])]
-        return sorted(run for run in runs if not run.startswith(RESERVED))
+        # A prefix that is not a run id (the store's own records, or a hostile name) is not a run.
+        return sorted(run for run in runs if is_run_id(run))
 
     def read_bytes(self, run_id: str, key: str) -> bytes | None:
         if self._head(run_id, key) is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftpipe.interrupts import raise_if_interrupted
-from peftpipe.secret_env import SECRET_ENV_NAMES
+from peftpipe.secret_env import without_credentials
 
 
 
@@ -27,7 +27,8 @@ class ProcessResult:
 
 
 def job_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}
+    """This process's environment less credentials: they are for the processes that download and upload."""
+    env = without_credentials(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

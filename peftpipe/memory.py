@@ -16,6 +16,14 @@ fitted to peak memory measured on one H100 for a Llama-3.2-1B-shaped model at se
 - ``fused``: the hf engine (flash attention, the output projection fused with the loss, adapters
   computing in bf16, Liger's RMSNorm / SwiGLU / RoPE): no per-token logits, one chunk of them.
 
+The shape comes from the model itself (``ModelShape.from_layout``: the meta-device model's
+projections and exact parameter count), so fused ``query_key_value`` (GPT-NeoX, Falcon), Conv1D
+``c_attn`` (GPT-2), untied embeddings and GQA are counted as they are. An MLP without a gate
+(GPT-NeoX, GPT-2, Falcon: one up projection and a GELU) keeps about half the (tokens x
+intermediate) tensors of a gated one (``UNGATED_MLP_FACTOR``); with the engine's coefficients this
+is within 7 % of the OpenCALM-3B and rinna-3.6B shapes' peaks on an H200 (bench/RESULTS-families.md). Eager attention (Gemma 2's
+soft-capping) keeps each head's (seq x seq) scores and probabilities.
+
 Activation checkpointing keeps only each layer's input (2 bytes x hidden a token) plus one
 layer's activations while it is recomputed.
 """
@@ -24,7 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from peftpipe.model_layout import ModelLayout
 
 GIB = 2**30
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -39,6 +50,13 @@ ACTIVATION_COEFFICIENTS: dict[str, tuple[float, float, float]] = {
     # (bench/RESULTS-perf.md: LoRA q/k/v/o at micro batch 8, 16, 32: 16.4, 30.3, 58.2 GiB).
     "liger": (17.8, 2.5, 0.0),
 }
+# An MLP with one up projection and GELU keeps its up output and the activation's (2 tensors of
+# tokens x intermediate); a gated one keeps gate, up, the activation and the product (4).
+UNGATED_MLP_FACTOR = 0.5
+# Eager attention keeps, per token, head and key position, the 16-bit scores, their fp32 softmax and
+# the 16-bit probabilities (and Gemma 2's tanh): fitted to Gemma-2-2B's engine peaks on an H200
+# (bench/RESULTS-families.md: micro batch 2 and 4 at seq 2048, 26.0 and 47.0 GiB).
+EAGER_ATTENTION_BYTES = 9
 # The fused loss's transient: one chunk of 2**27 logits as bf16 product, fp32 probabilities and
 # their bf16 copy (fast_kernels.CHUNK_ELEMENTS); Liger's chunks are smaller, so this errs high.
 FUSED_LOSS_CHUNK_BYTES = 2**27 * 8
@@ -57,10 +75,16 @@ class ModelShape:
     num_kv_heads: int
     intermediate_size: int
     tied_embeddings: bool = True
+    # (name, block, in, out) of each projection of one layer; None: Llama's q/k/v/o/gate/up/down.
+    projections: tuple[tuple[str, str, int, int], ...] | None = None
+    total_parameters: int | None = None  # exact, from the model; None: counted from the Llama layout
+    gated_mlp: bool = True
+    eager_attention: bool = False
+    head_dim: int | None = None
 
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any]) -> ModelShape:
-        """From a Hugging Face ``config.json`` (Llama, Mistral, Qwen and alike)."""
+        """From a Llama-style ``config.json`` alone (Llama, Mistral, Qwen and alike); see ``from_layout``."""
         heads = config["num_attention_heads"]
         return cls(
             hidden_size=config["hidden_size"],
@@ -72,18 +96,51 @@ class ModelShape:
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         )
 
+    @classmethod
+    def from_layout(cls, layout: ModelLayout) -> ModelShape:
+        """From the layout of the model built on the meta device: any family transformers builds."""
+        return cls(
+            hidden_size=layout.hidden_size,
+            num_layers=layout.num_layers,
+            vocab_size=layout.vocab_size,
+            num_attention_heads=layout.num_attention_heads,
+            num_kv_heads=layout.num_kv_heads,
+            intermediate_size=layout.intermediate_size,
+            tied_embeddings=layout.tied_embeddings,
+            projections=tuple((p.name, p.block, p.in_features, p.out_features) for p in layout.projections),
+            total_parameters=layout.parameters,
+            gated_mlp=layout.gated_mlp,
+            eager_attention=layout.attention_softcap is not None,
+            head_dim=layout.head_dim,
+        )
+
     @property
     def kv_size(self) -> int:
-        return self.hidden_size // self.num_attention_heads * self.num_kv_heads
+        return (self.head_dim or self.hidden_size // self.num_attention_heads) * self.num_kv_heads
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each projection of one layer, by its usual module name."""
+        """(in, out) of each projection of one layer, by its module name."""
+        if self.projections is not None:
+            return {name: (fan_in, fan_out) for name, _, fan_in, fan_out in self.projections}
         h, kv, i = self.hidden_size, self.kv_size, self.intermediate_size
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+        q = (self.head_dim or h // self.num_attention_heads) * self.num_attention_heads
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def matching(self, target: str) -> list[tuple[int, int]]:
+        """(in, out) of every projection of one layer that peft adapts for ``target`` (GPT-2 has two
+        ``c_proj``: ``c_proj`` adapts both, ``mlp.c_proj`` one)."""
+        if self.projections is None:
+            shapes = self.linear_shapes()
+            leaf = target.rsplit(".", 1)[-1]
+            return [shapes[leaf]] if leaf in shapes else []
+        return [(fan_in, fan_out) for name, block, fan_in, fan_out in self.projections
+                if target == name or f"{block}.{name}".endswith(target)]
 
     @property
     def parameters(self) -> int:
+        if self.total_parameters is not None:
+            return self.total_parameters
         per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden_size
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
         return embeddings + self.num_layers * per_layer + self.hidden_size
@@ -107,17 +164,25 @@ class MemoryEstimate:
         return self.total / GIB
 
 
+def _shapes_of(model: ModelShape, name: str) -> list[tuple[int, int]]:
+    shapes = model.matching(name)
+    if not shapes:
+        raise ValueError(f"{name!r} is no projection of this model (it has {', '.join(model.linear_shapes())})")
+    return shapes
+
+
 def trainable_parameters(model: ModelShape, method: Method, lora_rank: int = 16,
                          target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-                         num_virtual_tokens: int = 10, encoder_hidden_size: int = 128) -> int:
+                         num_virtual_tokens: int = 10, encoder_hidden_size: int = 128,
+                         feedforward_modules: tuple[str, ...] = ("down_proj",)) -> int:
     """Adapter parameter count (peft's LoRA, IA3 and p-tuning prompt encoder)."""
-    shapes = model.linear_shapes()
     if method == "lora":
-        return model.num_layers * sum(lora_rank * sum(shapes[name]) for name in target_modules)
+        return model.num_layers * sum(lora_rank * (fan_in + fan_out) for name in target_modules
+                                      for fan_in, fan_out in _shapes_of(model, name))
     if method == "ia3":
-        # One scale per output feature, or per input feature for the feed-forward target.
-        ia3 = {"k_proj": shapes["k_proj"][1], "v_proj": shapes["v_proj"][1], "down_proj": shapes["down_proj"][0]}
-        return model.num_layers * sum(ia3.get(name, shapes[name][1]) for name in target_modules)
+        # One scale per output feature, or per input feature for a feed-forward target.
+        return model.num_layers * sum(shape[0 if name in feedforward_modules else 1] for name in target_modules
+                                      for shape in _shapes_of(model, name))
     if method == "ptuning":
         h, e = model.hidden_size, encoder_hidden_size
         return num_virtual_tokens * h + (h * e + e) + (e * e + e) + (e * h + h)
@@ -127,7 +192,8 @@ def trainable_parameters(model: ModelShape, method: Method, lora_rank: int = 16,
 def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *, precision: str = "bf16",
                     method: Method = "lora", activation_checkpointing: bool = False, kernels: Kernels = "fused",
                     lora_rank: int = 16, target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-                    num_virtual_tokens: int = 10) -> MemoryEstimate:
+                    num_virtual_tokens: int = 10, feedforward_modules: tuple[str, ...] = ("down_proj",)
+                    ) -> MemoryEstimate:
     """Peak allocated memory of one GPU running one micro batch of ``micro_batch_size`` x ``seq_length`` tokens.
 
     With packing, a micro batch is ``micro_batch_size`` rows of ``seq_length`` tokens: the same bound.
@@ -140,11 +206,13 @@ def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *
         seq_length += num_virtual_tokens
     tokens = seq_length * micro_batch_size
     h, i = model.hidden_size, model.intermediate_size
-    per_layer = (c_h * h + c_i * i) * scale
+    per_layer = (c_h * h + c_i * i * (1.0 if model.gated_mlp else UNGATED_MLP_FACTOR)) * scale
+    if model.eager_attention:
+        per_layer += EAGER_ATTENTION_BYTES * model.num_attention_heads * seq_length * scale
     if method == "ia3":
         # peft's IA3 scales in fp32: fp32 copies of the scaled k/v outputs and of down_proj's input.
         per_layer += 4 * (2 * model.kv_size + i)
-    if kernels == "liger" and method == "lora" and "down_proj" in target_modules:
+    if kernels == "liger" and method == "lora" and any(name in feedforward_modules for name in target_modules):
         # A LoRA on down_proj keeps its (tokens x intermediate) input, which Liger would recompute.
         per_layer += 2 * i * scale
     if activation_checkpointing:
@@ -152,7 +220,8 @@ def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *
     else:
         activations = tokens * model.num_layers * per_layer
     logits = tokens * model.vocab_size * c_v if c_v else FUSED_LOSS_CHUNK_BYTES
-    adapters = trainable_parameters(model, method, lora_rank, target_modules, num_virtual_tokens)
+    adapters = trainable_parameters(model, method, lora_rank, target_modules, num_virtual_tokens,
+                                    feedforward_modules=feedforward_modules)
     return MemoryEstimate(
         weights=model.parameters * BYTES[precision],
         trainable_state=adapters * TRAINABLE_BYTES_PER_PARAMETER,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftpipe.memory import GIB, ModelShape, estimate_memory
+from peftpipe.model_fit import resolved_peft
+from peftpipe.model_layout import ModelLayout
 from peftpipe.spec import RunSpec
 
 SAFETY_FRACTION = 0.85  # of the GPU's memory that the estimate may use
@@ -41,13 +43,18 @@ class PreflightResult:
 
 
 def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool], float]:
-    """GiB per GPU for (micro batch, activation checkpointing) of this spec's model and method."""
-    shape = ModelShape.from_hf_config(model_config)
+    """GiB per GPU for (micro batch, activation checkpointing) of this spec's model and method.
+
+    The shape is read from the model built on the meta device from ``model_config``
+    (``peftpipe.model_inspect``), so every family's projections and parameters count as they are.
+    """
+    from peftpipe.model_inspect import inspect_config
+
+    layout = inspect_config(model_config)
+    shape = ModelShape.from_layout(layout)
     precision = "bf16" if spec.train.precision == "auto" else spec.train.precision
-    options = _method_options(spec)
-    # The engine uses Liger's kernels when they are importable where it runs; for a job on the
-    # same Python as the flow that is this interpreter. Without them the estimate is higher.
-    kernels = "liger" if importlib.util.find_spec("liger_kernel") else "fused"
+    options = _method_options(spec, layout)
+    kernels = kernels_for(layout.model_type)
 
     def estimate(micro_batch_size: int, activation_checkpointing: bool) -> float:
         return estimate_memory(shape, spec.train.max_seq_length, micro_batch_size, precision=precision,
@@ -55,6 +62,16 @@ def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool],
                                **options).total / GIB
 
     return estimate
+
+
+def kernels_for(model_type: str) -> str:
+    """The engine uses Liger's kernels when they are importable where it runs (for a job on the same
+    Python as the flow, this interpreter) and Liger patches this family; otherwise its own fused paths."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "fused"
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    return "liger" if model_type in MODEL_TYPE_TO_APPLY_LIGER_FN else "fused"
 
 
 def choose_micro_batch(spec: RunSpec, model_config: dict, gpu_memory_gib: float) -> PreflightResult:
@@ -75,13 +92,15 @@ def choose_micro_batch(spec: RunSpec, model_config: dict, gpu_memory_gib: float)
     return PreflightResult(train.micro_batch_size, 1, round(estimate(1), 2), round(budget, 2), gpu_memory_gib, False)
 
 
-def _method_options(spec: RunSpec) -> dict:
-    peft = spec.peft
-    if peft.method == "lora":
-        return {"method": "lora", "lora_rank": peft.lora.r, "target_modules": tuple(peft.lora.target_modules)}
-    if peft.method == "ia3":
-        return {"method": "ia3", "target_modules": tuple(peft.ia3.target_modules)}
-    return {"method": "ptuning", "num_virtual_tokens": peft.ptuning.num_virtual_tokens}
+def _method_options(spec: RunSpec, layout: ModelLayout) -> dict:
+    method = spec.peft.method
+    peft = resolved_peft({"method": method, **getattr(spec.peft, method).model_dump()}, layout)
+    if peft["method"] == "lora":
+        return {"method": "lora", "lora_rank": peft["r"], "target_modules": tuple(peft["target_modules"])}
+    if peft["method"] == "ia3":
+        return {"method": "ia3", "target_modules": tuple(peft["target_modules"]),
+                "feedforward_modules": tuple(peft["feedforward_modules"])}
+    return {"method": "ptuning", "num_virtual_tokens": peft["num_virtual_tokens"]}
 
 
 def gpu_memory_gib(spec: RunSpec) -> float | None:
@@ -96,16 +115,18 @@ def gpu_memory_gib(spec: RunSpec) -> float | None:
 
 
 def model_config(spec: RunSpec, model_path: Path) -> dict | None:
-    """The model's config.json when the estimate can use it (a decoder and a method it models).
+    """The model's config.json when the estimate can use it (a model transformers builds, a method it models).
 
     Only for engines whose ``memory_model`` says this estimate describes them (the flow asks).
     """
     if spec.peft.method not in ("lora", "ia3", "ptuning"):
         return None
+    from peftpipe.model_inspect import UnsupportedModel, inspect_config
+
     try:
         config = json.loads((model_path / "config.json").read_text())
-        ModelShape.from_hf_config(config)
-    except (OSError, KeyError, ValueError, TypeError):
+        inspect_config(config)
+    except (OSError, ValueError, UnsupportedModel):
         return None
     return config
 

@@ -14,19 +14,40 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from peftpipe.artifacts import RESERVED, ArtifactStore
+from peftpipe.artifacts import RESERVED, ArtifactStore, ArtifactStoreError
+from peftpipe.safe_names import SPEC_NAME_PATTERN, UnsafeName, is_run_id
 
 PROMOTED = f"{RESERVED}promoted"
 RETUNE = f"{RESERVED}retune"
 LOWER_IS_BETTER = {"loss"}
 
 
+def _check_name(name: str) -> None:
+    if not SPEC_NAME_PATTERN.match(name):
+        raise UnsafeName(f"spec name {name!r} is not a valid spec name. Fix: use the `name:` of the run spec"
+                         " (lowercase letters, digits and dashes, max 63).")
+
+
 def _read(store: ArtifactStore, prefix: str, name: str) -> dict[str, Any] | None:
+    """The record, checked: anyone who can write the store can write it, and its run id is used as a path."""
+    _check_name(name)
     content = store.read_bytes(prefix, f"{name}.json")
-    return json.loads(content) if content is not None else None
+    if content is None:
+        return None
+    where = store.url(prefix, f"{name}.json")
+    try:
+        record = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ArtifactStoreError(f"{where} is not valid JSON. Fix: promote a run again, or delete it.") from None
+    if not isinstance(record, dict) or not is_run_id(record.get("run_id")):
+        run_id = record.get("run_id") if isinstance(record, dict) else None
+        raise ArtifactStoreError(f"{where}: run_id {run_id!r} is not a valid run id, so it is not used."
+                                 " Fix: promote a run again, or delete it.")
+    return record
 
 
 def _write(store: ArtifactStore, prefix: str, name: str, record: dict[str, Any]) -> None:
+    _check_name(name)
     record = {**record, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     store.check()
     with tempfile.TemporaryDirectory() as scratch:

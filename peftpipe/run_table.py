@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftpipe.artifacts import ArtifactStore
+from peftpipe.artifacts import ArtifactStore, ArtifactStoreError
 from peftpipe.promotion import read_promoted
 
 # Always shown: what people compare first. Any other key that differs between the runs is added.
@@ -64,12 +64,18 @@ def collect_runs(store: ArtifactStore, spec_name: str | None = None) -> list[Sto
     runs = []
     promoted_ids: dict[str, str | None] = {}
     for run_id in store.list_runs():
-        manifest = store.read_manifest(run_id)
+        try:
+            manifest = store.read_manifest(run_id)
+        except (ArtifactStoreError, ValueError):
+            manifest = None  # listed as incomplete: `peftpipe artifacts ls RUN_ID` says what is wrong with it
         name = (manifest or {}).get("spec", {}).get("name")
         if spec_name is not None and name != spec_name and not (manifest is None and run_id.startswith(spec_name)):
             continue
         if name is not None and name not in promoted_ids:
-            pointer = read_promoted(store, name)
+            try:
+                pointer = read_promoted(store, name)
+            except (ArtifactStoreError, ValueError):
+                pointer = None
             promoted_ids[name] = pointer["run_id"] if pointer else None
         runs.append(StoredRun(run_id, manifest is not None, manifest or {},
                               promoted=name is not None and promoted_ids.get(name) == run_id))

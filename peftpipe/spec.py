@@ -15,9 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from peftpipe.engine_registry import ENGINES
+from peftpipe.safe_names import SPEC_NAME_PATTERN, repo_id_problem, revision_problem
 from peftpipe.spec_base import StrictModel
 from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is where callers look
-    SECRET_ENV_NAMES,
     ContainerSpec,
     ExecutionSpec,
     SlurmSpec,
@@ -52,6 +52,24 @@ class ModelSource(StrictModel):
         " block exists, HF_TOKEN in the worker's environment is used. Never put the token itself in a spec.",
         examples=["hf-token-lab"],
     )
+
+    @field_validator("repo_id")
+    @classmethod
+    def _hub_repo_id(cls, repo_id: str | None) -> str | None:
+        problem = repo_id_problem(repo_id) if repo_id is not None else None
+        if problem:
+            raise ValueError(f"{repo_id!r} is not a Hub repository id: {problem}. Fix: write it as namespace/name,"
+                             " e.g. meta-llama/Llama-3.2-1B")
+        return repo_id
+
+    @field_validator("revision")
+    @classmethod
+    def _hub_revision(cls, revision: str) -> str:
+        problem = revision_problem(revision)
+        if problem:
+            raise ValueError(f"{revision!r} is not a branch, tag or commit sha: it {problem}. Fix: use a name the"
+                             " repository has, e.g. main or a 40-character commit sha")
+        return revision
 
 
 class Split(StrictModel):
@@ -227,31 +245,54 @@ class DatasetSpec(StrictModel):
         return self.input_template or DEFAULT_INPUT_TEMPLATES.get(self.format, "")
 
 
+TargetModules = list[str] | Literal["auto"]
+
+
+def _names_or_auto(value: object) -> object:
+    """One clear error for a string that is not ``auto`` (instead of one per member of the union)."""
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"{value!r} is neither auto nor a list of module names. Fix: write auto or [name, ...],"
+                         f" e.g. [{value}]")
+    return value
+
+
 class LoraSpec(StrictModel):
     """LoRA (peft.method: lora): low-rank update matrices added to the target projections."""
 
     r: int = Field(8, gt=0, description="Rank of the update matrices.")
     alpha: float = Field(16.0, gt=0, description="Scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch's input.", examples=[0.05])
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+    target_modules: TargetModules = Field(
+        "auto",
         min_length=1,
-        description="Module names to adapt; always explicit so nothing trains QKV-only by surprise. Names depend"
-        " on the architecture: Llama, Mistral, Qwen, Gemma q_proj/k_proj/v_proj/o_proj (+ gate_proj, up_proj,"
-        " down_proj); GPT-NeoX query_key_value, dense; GPT-2 c_attn, c_proj; Phi-3 qkv_proj, o_proj.",
-        examples=[["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
+        description="Module names to adapt, checked against the model; auto: every attention and MLP projection"
+        " of the model's family (q/k/v/o + gate/up/down for Llama, query_key_value/dense/dense_h_to_4h/"
+        "dense_4h_to_h for GPT-NeoX, c_attn/c_proj/c_fc for GPT-2), found by inspecting the model; the run"
+        " records the names chosen.",
+        examples=[["q_proj", "k_proj", "v_proj", "o_proj"]],
     )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names_or_auto(cls, value: object) -> object:
+        return _names_or_auto(value)
 
 
 class Ia3Spec(StrictModel):
     """IA3 (peft.method: ia3): learned vectors that rescale the target modules' activations."""
 
-    target_modules: list[str] = Field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"], min_length=1,
-                                      description="Module names whose activations are rescaled.",
-                                      examples=[["query_key_value", "dense_4h_to_h"]])
-    feedforward_modules: list[str] = Field(
-        default_factory=lambda: ["down_proj"], description="Subset of target_modules scaled on their input."
+    target_modules: TargetModules = Field(
+        "auto", min_length=1, description="auto: the key and value projections (or the fused q/k/v) and the MLP's"
+        " down projection, found by inspecting the model.", examples=[["query_key_value", "dense_4h_to_h"]])
+    feedforward_modules: TargetModules = Field(
+        "auto", description="Subset of target_modules scaled on their input; auto: the MLP's down projection.",
+        examples=[["dense_4h_to_h"]],
     )
+
+    @field_validator("target_modules", "feedforward_modules", mode="before")
+    @classmethod
+    def _names_or_auto(cls, value: object) -> object:
+        return _names_or_auto(value)
 
 
 class PtuningSpec(StrictModel):
@@ -403,9 +444,6 @@ class ArtifactsSpec(StrictModel):
         return url
 
 
-RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
 class RunSpec(StrictModel):
     """Everything one fine-tuning run needs, validated before anything starts."""
 
@@ -426,7 +464,7 @@ class RunSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _name_is_slug(cls, name: str) -> str:
-        if not RUN_ID_PATTERN.match(name):
+        if not SPEC_NAME_PATTERN.match(name):
             raise ValueError(
                 f"{name!r} is not a valid run name. Fix: use lowercase letters, digits and dashes (max 63)."
             )

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from peftpipe.secret_env import SECRET_ENV_NAMES
+from peftpipe.secret_env import env_name_problem, is_credential_name
 from peftpipe.spec_base import StrictModel
 
 MEMORY_PATTERN = re.compile(r"^(\d+)([MG])$")
@@ -102,9 +102,12 @@ class SlurmSpec(StrictModel):
     @classmethod
     def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if name.upper() in SECRET_ENV_NAMES or re.search(r"TOKEN|SECRET|PASSWORD", name.upper()):
-                raise ValueError(f"{name} looks like a secret and would be written into job scripts. Fix: keep it"
-                                 " in a Prefect Secret block or the worker's environment")
+            problem = env_name_problem(name)
+            if problem and is_credential_name(name):
+                raise ValueError(f"{name} {problem} and would be written into job scripts. Fix: keep it in a"
+                                 " Prefect Secret block or the worker's environment")
+            if problem:
+                raise ValueError(f"{name!r} {problem}. Fix: rename it, e.g. MY_SETTING")
         return env
 
 

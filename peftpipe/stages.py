@@ -22,6 +22,7 @@ from peftpipe.data.prepare import PreparedData, default_cache_dir, prepare_datas
 from peftpipe.engines import engine_for
 from peftpipe.hub.fetch import DEFAULT_TOKEN_HINT, FetchedModel, fetch_model, use_local_model
 from peftpipe.paths import RunPaths
+from peftpipe.safe_names import check_run_id
 from peftpipe.spec import LoadedSpec
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def new_run_id(name: str, now: datetime | None = None) -> str:
 
 
 def run_paths(loaded: LoadedSpec, run_id: str) -> RunPaths:
+    check_run_id(run_id)  # the run directory must stay inside the workdir
     return RunPaths(Path(loaded.spec.workdir).expanduser().resolve() / run_id)
 
 
@@ -50,7 +52,25 @@ def fetch_stage(loaded: LoadedSpec, paths: RunPaths, token: str | None = None,
     paths.root.mkdir(parents=True, exist_ok=True)
     reference = {**asdict(fetched), "path": str(fetched.path)}
     paths.base_model_file.write_text(json.dumps(reference, indent=2) + "\n")
+    check_fetched_model(loaded, paths, fetched.path)
     return fetched
+
+
+def check_fetched_model(loaded: LoadedSpec, paths: RunPaths, model_dir: Path) -> None:
+    """What validate could not check without the model's config.json, before any job: target modules and
+    family support (``model_fit``); the model's layout is recorded in ``model_layout.json``."""
+    from peftpipe.model_fit import model_issues
+    from peftpipe.model_layout import write_layout
+    from peftpipe.spec_issues import SpecError
+
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return
+    layout, issues = model_issues(loaded.spec, json.loads(config_file.read_text(encoding="utf-8")))
+    if issues:
+        raise SpecError(issues)
+    if layout is not None:
+        write_layout(layout, paths.root / "model_layout.json")
 
 
 def prepare_stage(loaded: LoadedSpec, paths: RunPaths) -> PreparedData:

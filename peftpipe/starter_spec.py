@@ -1,13 +1,11 @@
 """``peftpipe init``: a commented starter spec for a model and a dataset format.
 
 Each key is written with its description from the spec reference above it, so the file
-explains itself; the values are the defaults, except what the model's architecture decides
-(LoRA and IA3 target modules) and what the user passed.
+explains itself; the values are the defaults and what the user passed.
 """
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -15,35 +13,9 @@ from typing import Any
 from peftpipe.spec import CUSTOM_FORMATS, DEFAULT_INPUT_TEMPLATES
 from peftpipe.spec_reference import entries, yaml_text
 
-# model_type in config.json -> (LoRA targets, IA3 targets, IA3 feed-forward modules); names of the
-# attention and MLP projections as transformers calls them for each family.
-LLAMA_LIKE = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-              ["k_proj", "v_proj", "down_proj"], ["down_proj"])
-TARGETS: dict[str, tuple[list[str], list[str], list[str]]] = {
-    **{name: LLAMA_LIKE for name in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
-    "gpt_neox": (["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-                 ["query_key_value", "dense_4h_to_h"], ["dense_4h_to_h"]),
-    "gpt2": (["c_attn", "c_proj", "c_fc"], ["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
-    "phi": (["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"], ["k_proj", "v_proj", "fc2"], ["fc2"]),
-    "phi3": (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], ["qkv_proj", "down_proj"], ["down_proj"]),
-}
-
-
-def model_type_of(model_dir: Path) -> str | None:
-    config = model_dir / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError):
-        return None
-
-
 def starter_values(name: str, model: str, dataset_format: str, data: str) -> dict[str, Any]:
     """The starter spec as a nested mapping; ``model`` is a Hub repo id or a local directory."""
     local = Path(model).expanduser()  # as typed on the command line: relative to the working directory
-    model_type = model_type_of(local) if local.is_dir() else None
-    lora, ia3, feedforward = TARGETS.get(model_type or "llama", LLAMA_LIKE)
     dataset: dict[str, Any] = {"format": dataset_format, "path": data,
                                "split": {"validation": 0.1, "test": 0.1}}
     if dataset_format in DEFAULT_INPUT_TEMPLATES:
@@ -55,8 +27,8 @@ def starter_values(name: str, model: str, dataset_format: str, data: str) -> dic
         "name": name,
         "model": {"path": str(local.resolve())} if local.is_dir() else {"repo_id": model, "revision": "main"},
         "dataset": dataset,
-        "peft": {"method": "lora", "lora": {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": lora},
-                 "ia3": {"target_modules": ia3, "feedforward_modules": feedforward}},
+        # auto: the model's own projections, found by inspecting it (any family), recorded with the run.
+        "peft": {"method": "lora", "lora": {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": "auto"}},
         "train": {"global_batch_size": 8, "micro_batch_size": 4, "max_steps": 100, "learning_rate": 1e-4,
                   "warmup_steps": 0, "max_seq_length": 512, "checkpoint_every": 50, "seed": 1234},
         "engine": "hf",

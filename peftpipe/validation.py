@@ -40,11 +40,20 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
     """
     spec_path = Path(path)
     if not spec_path.is_file():
-        raise SpecError([SpecIssue("spec", f"{spec_path} does not exist", "pass the path of a run spec YAML file")])
+        problem = "is a directory" if spec_path.is_dir() else "does not exist"
+        raise SpecError([SpecIssue("spec", f"{spec_path} {problem}", "pass the path of a run spec YAML file")])
     try:
         raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise SpecError([SpecIssue("spec", f"{spec_path} is not valid YAML ({error})", "correct the YAML syntax")])
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        raise SpecError([SpecIssue("spec", f"{spec_path} is not valid YAML{where} ({problem})",
+                                   "correct the YAML syntax")]) from None
+    except (UnicodeDecodeError, RecursionError) as error:
+        problem = "nested too deeply" if isinstance(error, RecursionError) else f"not UTF-8 ({error.reason})"
+        raise SpecError([SpecIssue("spec", f"{spec_path} cannot be read: {problem}",
+                                   "save the spec as UTF-8 YAML of ordinary depth")]) from None
     if not isinstance(raw, dict):
         raise SpecError([SpecIssue("spec", f"{spec_path} holds no mapping", "write the spec as `key: value` pairs")])
     raw = _merged_under(defaults or {}, raw)
@@ -107,7 +116,8 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
             )
         )
     ia3 = spec.peft.ia3
-    if spec.peft.method == "ia3" and not set(ia3.feedforward_modules) <= set(ia3.target_modules):
+    explicit = "auto" not in (ia3.feedforward_modules, ia3.target_modules)
+    if spec.peft.method == "ia3" and explicit and not set(ia3.feedforward_modules) <= set(ia3.target_modules):
         extra = sorted(set(ia3.feedforward_modules) - set(ia3.target_modules))
         issues.append(
             SpecIssue("peft.ia3.feedforward_modules", f"{extra} are not in target_modules", "add them to target_modules")
@@ -115,7 +125,8 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     if spec.evaluation.select_metric not in spec.evaluation.metrics:
         issues.append(SpecIssue("evaluation.select_metric", f"{spec.evaluation.select_metric!r} is not computed",
                                 "add it to evaluation.metrics or choose one of them"))
-    issues += _check_model(loaded)
+    model_problems = _check_model(loaded)
+    issues += model_problems or _check_model_fit(loaded)
     issues += _check_dataset(loaded)
     issues += _check_slurm(loaded)
     # The engine's own checks (global batch vs. its data-parallel size, its section of the spec).
@@ -138,6 +149,15 @@ def _check_model(loaded: LoadedSpec) -> list[SpecIssue]:
                 SpecIssue("model.path", f"{path} has no config.json", "point it at a Hugging Face model directory")
             ]
     return []
+
+
+def _check_model_fit(loaded: LoadedSpec) -> list[SpecIssue]:
+    """Target modules and family support, against the model built on the meta device from its config.json
+    (when that file is on disk; a Hub model not yet cached is checked right after it is fetched)."""
+    from peftpipe.model_fit import local_config, model_issues
+
+    config = local_config(loaded)
+    return [] if config is None else model_issues(loaded.spec, config)[1]
 
 
 def _check_dataset(loaded: LoadedSpec) -> list[SpecIssue]:

@@ -63,7 +63,9 @@ def test_a_damaged_object_is_refused_before_use(s3_server: SeaweedS3, tmp_path: 
     store = store_for(s3_server, "damaged")
     files = run_files(tmp_path / "out", big_mib=1)
     publish_directory(store, "run-1", files, {})
-    store.client.put_object(Bucket=BUCKET, Key="damaged/run-1/logs/train.log", Body=b"tampered\n")
+    # Same size, other bytes: only the sha256 tells (a size change is reported as one).
+    tampered = b"T" * files["logs/train.log"].stat().st_size
+    store.client.put_object(Bucket=BUCKET, Key="damaged/run-1/logs/train.log", Body=tampered)
     dest = tmp_path / "train.log"
     with pytest.raises(ChecksumMismatch, match="logs/train.log: sha256 .* differs from the manifest's"):
         restore(store, "run-1", "logs/train.log", dest)

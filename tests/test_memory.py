@@ -83,3 +83,42 @@ def test_adapter_parameter_count_matches_peft(hub_root: Path, method: str) -> No
                                    num_virtual_tokens=10, encoder_hidden_size=32)
     assert counted == actual
     assert shape.parameters == sum(p.numel() for p in model.base_model.parameters() if not p.requires_grad)
+
+
+# Engine peaks on one H200 at seq 2048, bf16, from the model built on the meta device
+# (bench/RESULTS-families.md): (config.json fields, method settings, kernels, micro batch, GiB).
+OPENCALM_3B = {"model_type": "gpt_neox", "hidden_size": 2560, "num_hidden_layers": 32, "vocab_size": 52096,
+               "num_attention_heads": 32, "intermediate_size": 10240, "rotary_pct": 1.0,
+               "use_parallel_residual": True, "tie_word_embeddings": False}
+RINNA_36B = {"model_type": "gpt_neox", "hidden_size": 2816, "num_hidden_layers": 36, "vocab_size": 32000,
+             "num_attention_heads": 22, "intermediate_size": 11264, "rotary_pct": 1.0,
+             "use_parallel_residual": False, "tie_word_embeddings": False}
+QWEN2_15B = {"model_type": "qwen2", "hidden_size": 1536, "num_hidden_layers": 28, "vocab_size": 151936,
+             "num_attention_heads": 12, "num_key_value_heads": 2, "intermediate_size": 8960,
+             "tie_word_embeddings": True}
+GEMMA2_2B = {"model_type": "gemma2", "hidden_size": 2304, "num_hidden_layers": 26, "vocab_size": 256000,
+             "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "intermediate_size": 9216,
+             "query_pre_attn_scalar": 256, "sliding_window": 4096}
+NEOX_TARGETS = ("query_key_value", "dense")
+QWEN_ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MEASURED_FAMILIES = [
+    pytest.param(OPENCALM_3B, NEOX_TARGETS, "fused", 8, 43.10, id="opencalm-3b-mbs8"),
+    pytest.param(OPENCALM_3B, NEOX_TARGETS, "fused", 16, 80.86, id="opencalm-3b-mbs16"),
+    pytest.param(RINNA_36B, NEOX_TARGETS, "fused", 8, 54.11, id="rinna-3.6b-mbs8"),
+    pytest.param(RINNA_36B, NEOX_TARGETS, "fused", 16, 101.30, id="rinna-3.6b-mbs16"),
+    pytest.param(QWEN2_15B, QWEN_ALL, "liger", 8, 34.82, id="qwen2-1.5b-mbs8"),
+    pytest.param(QWEN2_15B, QWEN_ALL, "liger", 16, 66.53, id="qwen2-1.5b-mbs16"),
+    pytest.param(GEMMA2_2B, QWEN_ALL[:4], "liger", 2, 26.04, id="gemma2-2b-mbs2"),
+    pytest.param(GEMMA2_2B, QWEN_ALL[:4], "liger", 4, 47.04, id="gemma2-2b-mbs4"),
+]
+
+
+@pytest.mark.parametrize(("config", "targets", "kernels", "micro_batch_size", "measured"), MEASURED_FAMILIES)
+def test_estimate_from_the_meta_model_is_within_15_percent_for_other_families(
+        config: dict, targets: tuple, kernels: str, micro_batch_size: int, measured: float) -> None:
+    from peftpipe.model_inspect import inspect_config
+
+    shape = ModelShape.from_layout(inspect_config(config))
+    estimate = estimate_memory(shape, 2048, micro_batch_size, kernels=kernels, target_modules=targets,
+                               feedforward_modules=("down_proj",))
+    assert estimate.total_gib == pytest.approx(measured, rel=0.15)

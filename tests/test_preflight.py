@@ -10,7 +10,7 @@ from peftpipe.preflight import choose_micro_batch, memory_estimator, preflight
 from peftpipe.validation import load_spec
 from tests.conftest import write_spec
 
-LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+LLAMA_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)
 H100_GIB = 80e9 / 2**30
 

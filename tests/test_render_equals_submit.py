@@ -99,7 +99,9 @@ def render(spec: Path, run_id: str) -> str:
 
 def test_render_is_what_slurm_received(tmp_path: Path, slurm_cluster: str) -> None:
     specs = {case: SPECS[case[0]](tmp_path / "-".join(case), *case[1:]) for case in CASES}
-    run_ids = {case: f"res-{'-'.join(case)}-{tmp_path.name[-12:]}" for case in CASES}
+    # Run ids follow the run-id rule (lowercase letters, digits, dashes); tmp_path names hold `_`.
+    suffix = tmp_path.name[-12:].lower().replace("_", "-")
+    run_ids = {case: f"res-{'-'.join(case)}-{suffix}" for case in CASES}
     # Two jobs at a time fit the cluster's GPUs; the threads only wait on Slurm.
     with ThreadPoolExecutor(4) as pool:
         submitted = dict(zip(CASES, pool.map(lambda case: submit(specs[case], run_ids[case]), CASES)))

@@ -75,13 +75,13 @@ def test_init_writes_a_commented_spec_that_validates(tmp_path: Path, hub_root: P
     assert "# Peak learning rate of AdamW." in text
     loaded = load_spec(spec)
     assert loaded.spec.model.path == str(model_dir.resolve())
-    assert loaded.spec.peft.lora.target_modules[-1] == "down_proj"  # Llama's MLP projections too
+    assert loaded.spec.peft.lora.target_modules == "auto"  # the model's own projections, whatever its family
     again = runner.invoke(app, ["init", str(spec), "--model", str(model_dir), "--format", "squad"])
     assert again.exit_code == 2 and "--force" in again.output
 
 
-def test_init_picks_the_target_modules_of_the_architecture(tmp_path: Path) -> None:
-    """A GPT-NeoX model (OpenCALM, rinna) names its projections differently; a Llama default would not train."""
+def test_init_for_a_custom_format_and_a_hub_model(tmp_path: Path) -> None:
+    """A GPT-NeoX model (OpenCALM, rinna) names its projections differently: the starter leaves them to auto."""
     model_dir = tmp_path / "open-calm"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
@@ -92,7 +92,7 @@ def test_init_picks_the_target_modules_of_the_architecture(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     raw = yaml.safe_load(spec.read_text())
     assert raw["name"] == "open-calm-jsonl-lora"
-    assert raw["peft"]["lora"]["target_modules"][0] == "query_key_value"
+    assert raw["peft"]["lora"]["target_modules"] == "auto"
     assert raw["dataset"]["fields"] == {"input": "{question}", "output": "answer"}
     RunSpec.model_validate(raw)
     hub = runner.invoke(app, ["init", str(tmp_path / "hub.yaml"), "--model", "Qwen/Qwen2.5-0.5B", "--format",

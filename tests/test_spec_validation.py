@@ -36,9 +36,13 @@ BAD_SPECS = [
                  "does not exist. Fix: point it at a model directory", id="unknown-model-path"),
     pytest.param({"engine": "deepspeed"}, (), "engine: 'deepspeed' is not one of", "Fix: use one of the listed values",
                  id="unknown-engine"),
-    pytest.param({"peft.ia3.feedforward_modules": ["up_proj"], "peft.method": "ia3"}, (),
+    pytest.param({"peft.ia3.feedforward_modules": ["up_proj"], "peft.method": "ia3",
+                  "peft.ia3.target_modules": ["k_proj", "v_proj", "down_proj"]}, (),
                  "peft.ia3.feedforward_modules: ['up_proj'] are not in target_modules", "Fix: add them",
                  id="ia3-feedforward-subset"),
+    pytest.param({"peft.lora.target_modules": "all-linear"}, (),
+                 "peft.lora.target_modules: 'all-linear' is neither auto nor a list of module names",
+                 "Fix: write auto or [name, ...]", id="target-modules-string"),
 ]
 
 

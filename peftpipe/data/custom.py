@@ -16,6 +16,9 @@ from typing import Any
 
 from peftpipe.data.records import (
     REENCODE_FIX,
+    TOO_DEEP,
+    TOO_DEEP_FIX,
+    TOO_DEEP_PROBLEM,
     BadRecord,
     DatasetError,
     Item,
@@ -115,6 +118,9 @@ def read_jsonl(path: Path, dataset: DatasetSpec) -> Iterator[Item]:
             yield BadRecord(path, number, "", f"malformed JSON ({error.msg} at column {error.colno})",
                             "correct the JSON on that line or remove the line")
             continue
+        except RecursionError:
+            yield BadRecord(path, number, "", TOO_DEEP_PROBLEM, TOO_DEEP_FIX)
+            continue
         yield mapper(source, path, number)
 
 
@@ -122,6 +128,9 @@ def read_json_array(path: Path, dataset: DatasetSpec) -> Iterator[Item]:
     """One item per element of a top-level JSON array."""
     mapper = FieldMapper(dataset.fields)
     for index, source, line in iter_top_level(path, read_json_text(path), "["):
+        if source is TOO_DEEP:
+            yield BadRecord(path, line, f"element [{index}]", TOO_DEEP_PROBLEM, TOO_DEEP_FIX)
+            continue
         yield mapper(source, path, line, f"element [{index}]")
 
 

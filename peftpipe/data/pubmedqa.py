@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from peftpipe.data.records import BadRecord, DatasetError, Item, iter_top_level, load_json_document, read_json_text
+from peftpipe.data.records import (
+    TOO_DEEP, TOO_DEEP_FIX, TOO_DEEP_PROBLEM, BadRecord, DatasetError, Item, iter_top_level, load_json_document,
+    read_json_text,
+)
 from peftpipe.spec import DatasetSpec
 
 ANSWERS = ("yes", "no", "maybe")
@@ -47,6 +50,9 @@ def read_pubmedqa(path: Path, dataset: DatasetSpec, is_test: bool = False,
     template = dataset.resolved_input_template
     for pmid, entry, line in iter_top_level(path, read_json_text(path), "{"):
         where = f"PMID {pmid}"
+        if entry is TOO_DEEP:
+            yield BadRecord(path, line, where, TOO_DEEP_PROBLEM, TOO_DEEP_FIX)
+            continue
         if not isinstance(entry, dict):
             yield BadRecord(path, line, where, "the record is not an object", "remove it or correct the structure")
             continue

@@ -101,6 +101,13 @@ def malformed_json(path: Path, error: json.JSONDecodeError) -> DatasetError:
     )
 
 
+# Nesting deeper than Python's JSON parser (which recurses) can take: a hostile or broken record.
+TOO_DEEP_PROBLEM = "the JSON is nested deeper than the parser allows (Python's recursion limit)"
+TOO_DEEP_FIX = "flatten the record or remove it"
+# What iter_top_level yields for a member nested too deeply to parse: the reader makes it a bad record.
+TOO_DEEP = object()
+
+
 def load_json_document(path: Path) -> Any:
     """Parse a whole JSON file (SQuAD-style documents are single objects, read at once)."""
     text = read_json_text(path)
@@ -108,6 +115,8 @@ def load_json_document(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise malformed_json(path, error) from None
+    except RecursionError:
+        raise DatasetError(f"{path}: {TOO_DEEP_PROBLEM}. Fix: {TOO_DEEP_FIX}.") from None
 
 
 _DECODER = json.JSONDecoder()
@@ -142,7 +151,10 @@ def iter_top_level(path: Path, text: str, opening: str) -> Iterator[tuple[str | 
                 position = _skip_whitespace(text, position + 1)
             else:
                 key = index
-            value, end = _DECODER.raw_decode(text, position)
+            try:
+                value, end = _DECODER.raw_decode(text, position)
+            except RecursionError:
+                value, end = TOO_DEEP, _nested_value_end(text, position)
             yield key, value, lines.at(position)
             position, index = _skip_whitespace(text, end), index + 1
             if text.startswith(",", position):
@@ -167,6 +179,26 @@ class _LineCounter:
         self.line += self.text.count("\n", self.position, position)
         self.position = position
         return self.line
+
+
+def _nested_value_end(text: str, position: int) -> int:
+    """The end of the array or object starting at ``position``, found by counting brackets outside strings
+    (no recursion, so any depth)."""
+    depth, index, length = 0, position, len(text)
+    while index < length:
+        char = text[index]
+        if char == '"':
+            index += 1
+            while index < length and text[index] != '"':
+                index += 2 if text[index] == "\\" else 1
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    raise json.JSONDecodeError("Unterminated array or object", text, position)
 
 
 def _skip_whitespace(text: str, position: int) -> int:

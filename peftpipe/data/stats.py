@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from peftpipe.data.records import BadRecord, DatasetError, iter_text_lines
+from peftpipe.data.records import TOO_DEEP_FIX, TOO_DEEP_PROBLEM, BadRecord, DatasetError, iter_text_lines
 
 BATCH = 256
 
@@ -56,7 +56,12 @@ def token_stats(path: Path, model_path: Path, max_seq_length: int, prompt_templa
     """Count the records of ``path`` and the token-length percentiles of their parts."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    except Exception as error:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for a bad directory
+        raise DatasetError(f"{model_path}: no tokenizer could be loaded ({type(error).__name__}:"
+                           f" {' '.join(str(error).split())[:300]}). Fix: pass the model directory that holds"
+                           " tokenizer.json or tokenizer_config.json.") from None
     prefix = prompt_template[: prompt_template.rindex("{output}")]
     prompts: list[int] = []
     outputs: list[int] = []
@@ -93,6 +98,8 @@ def _batches(path: Path) -> Iterator[list[dict[str, Any]]]:
         except json.JSONDecodeError as error:
             raise DatasetError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno}). "
                                "Fix: correct the line (peftpipe data convert checks a whole file).") from None
+        except RecursionError:
+            raise DatasetError(f"{path}:{number}: {TOO_DEEP_PROBLEM}. Fix: {TOO_DEEP_FIX}.") from None
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("input", "output")):
             raise DatasetError(f"{path}:{number}: not a NeMo record (text 'input' and 'output'). "
                                "Fix: convert the file with peftpipe data convert first.")

@@ -219,9 +219,10 @@ class MirrorServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]):
-        super().__init__(address, handler)
+        # Before binding: a failed bind calls server_close, which needs them.
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
         with self._connections_lock:

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftpipe.secret_env import ENV_NAME_PATTERN
 from peftpipe.spec import ContainerSpec
 
 _EXPANDABLE = re.compile(r"^(?:[A-Za-z0-9_./:=,@%+-]|\$\{[A-Z_][A-Z0-9_]*\})*$")
@@ -148,6 +149,10 @@ def render_batch_script(job: JobRequest) -> str:
         lines += [f"# {line}" for line in job.description.splitlines()]
     lines += ["set -euo pipefail", ""]
     for name, value in job.env.items():
+        # A name cannot be quoted: anything but a variable name would be shell code in `export`.
+        if not ENV_NAME_PATTERN.match(name):
+            raise ValueError(f"job environment name {name!r} is not a variable name (letters, digits and _, not"
+                             " starting with a digit); refusing to write it into a batch script")
         lines.append(f"export {name}={quote(value)}")
     if job.rendezvous:
         # The first node of the allocation hosts the rendezvous; the port follows the job id so

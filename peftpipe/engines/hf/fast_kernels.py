@@ -33,14 +33,14 @@ def varlen_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch
 
     ``key``/``value`` may have fewer heads than ``query`` (grouped-query attention).
     """
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
+    if query.dtype in (torch.float16, torch.bfloat16) and flash_varlen_available(query.device):
         # PyTorch's bundled FlashAttention-2, variable-length entry point; it has autograd and
         # handles grouped-query attention natively (16-bit inputs only).
         output = torch.ops.aten._flash_attention_forward(
             query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, 0.0, True, False, scale=scale
         )[0]
         return output
-    # CPUs (and fp32 on GPUs): SDPA record by record, exact and slow.
+    # CPUs, GPUs before Ampere and fp32: SDPA record by record, exact and slow.
     bounds = cu_seq_lens.tolist()
     pieces = []
     for start, end in zip(bounds, bounds[1:]):
@@ -49,6 +49,11 @@ def varlen_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch
                                                                enable_gqa=k.shape[0] != q.shape[0])
         pieces.append(out.transpose(0, 1))
     return torch.cat(pieces)
+
+
+def flash_varlen_available(device: torch.device) -> bool:
+    """PyTorch's bundled FlashAttention-2 needs an Ampere or newer GPU (a V100 is sm70)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -140,6 +145,35 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
 def liger_usable(device: torch.device) -> bool:
     """Liger's kernels are Triton kernels: CUDA only, and only when the ``gpu`` extra is installed."""
     return device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+
+
+def apply_liger_rope(base: Any) -> bool:
+    """Liger's RoPE kernel for a family Liger does not patch, where its modeling module rotates halves
+    (``rotate_half`` + ``apply_rotary_pos_emb(q, k, cos, sin)``, the layout Liger implements; partial
+    rotary as in Pythia included): GPT-NeoX (OpenCALM, rinna), StableLM, Phi and alike.
+
+    Like Liger's own patches this replaces the module's function, for every model of that class in the process.
+    """
+    import sys
+
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    module = sys.modules.get(type(base).__module__)
+    original = getattr(module, "apply_rotary_pos_emb", None)
+    if original is None or not callable(getattr(module, "rotate_half", None)):
+        return False
+    if getattr(original, "peftpipe_liger", False):
+        return True
+
+    def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *args: Any,
+                             **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if args or kwargs or not q.is_cuda or cos.shape[-1] > q.shape[-1]:
+            return original(q, k, cos, sin, *args, **kwargs)
+        return liger_rotary_pos_emb(q, k, cos, sin)
+
+    apply_rotary_pos_emb.peftpipe_liger = True  # type: ignore[attr-defined]
+    module.apply_rotary_pos_emb = apply_rotary_pos_emb
+    return True
 
 
 def apply_liger(base: Any) -> bool:

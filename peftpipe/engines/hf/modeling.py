@@ -22,12 +22,17 @@ import torch
 
 from peftpipe.engines.hf.fast_kernels import (
     apply_liger,
+    apply_liger_rope,
+    flash_varlen_available,
     linear_cross_entropy_sum,
     liger_usable,
     packed_kwargs,
     register_attention,
 )
-from peftpipe.engines.hf.fused_projections import fuse_projections
+from peftpipe.engines.hf.fused_projections import fuse_projections, projection_of
+from peftpipe.model_inspect import layout_of
+from peftpipe.model_fit import resolved_peft
+from peftpipe.model_layout import ModelLayout
 from peftpipe.engines.hf.packing import Example, collate, label_tokens, plan_padded
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -40,9 +45,14 @@ def resolve_precision(requested: str) -> str:
 
 
 def load_base_model(model_path: str, precision: str, device: torch.device) -> Any:
-    from transformers import AutoModelForCausalLM
+    """The base model with the attention its family supports: eager where the logits are soft-capped
+    (Gemma 2: neither PyTorch's flash kernel nor SDPA applies the cap), SDPA otherwise (``prepare_model``
+    then routes it through the engine's variable-length kernel where the model allows)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[precision], attn_implementation="sdpa")
+    config = AutoConfig.from_pretrained(model_path)
+    attention = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[precision], attn_implementation=attention)
     return model.to(device)
 
 
@@ -81,12 +91,34 @@ def autocast(device: torch.device, precision: str) -> Any:
 @dataclass
 class Prepared:
     """The PEFT model and what its loss needs: the detached output projection (None when the
-    model still returns logits) and whether Liger's loss kernel is used."""
+    model still returns logits) and whether Liger's loss kernel is used; the peft settings with
+    ``auto`` resolved, whether packed rows keep records apart in this family, and the fast paths."""
 
     model: Any
     head_weight: torch.Tensor | None
     use_liger: bool
     features: list[str] = field(default_factory=list)
+    peft: dict[str, Any] = field(default_factory=dict)
+    packing_supported: bool = True
+    layout: ModelLayout | None = None
+
+
+def choose_attention(base: Any, layout: ModelLayout, device: torch.device) -> tuple[str, bool]:
+    """Set the attention implementation the family supports; returns (description, packing supported).
+
+    Packed rows need attention that keeps records apart: the engine's variable-length kernel where
+    the model calls attention through transformers' interface (and so passes ``cu_seq_lens`` on),
+    or, for eager attention, the block-causal mask transformers derives from restarting position ids.
+    """
+    if layout.attention_softcap is not None:
+        return ("eager attention (soft-capped logits, which the flash and SDPA kernels do not apply);"
+                " packed rows masked record by record from their position ids"), True
+    if layout.supports_attention_backend:
+        base.set_attn_implementation(register_attention())
+        return ("flash attention, variable-length for packed rows" if flash_varlen_available(device)
+                else "SDPA attention, record by record for packed rows"), True
+    return (f"SDPA attention ({layout.architecture} does not take a pluggable attention function, so packing"
+            " is off for it)"), False
 
 
 def detach_output_head(base: Any, peft: dict[str, Any]) -> torch.Tensor | None:
@@ -112,13 +144,18 @@ def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activat
     from peft import get_peft_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    layout = layout_of(base)
+    peft = resolved_peft(peft, layout)
     features = []
     use_liger = liger_usable(device) if use_liger is None else use_liger
     if use_liger and apply_liger(base):
         features.append("liger rmsnorm/swiglu/rope")
-    base.set_attn_implementation(register_attention())
-    features.append("flash attention, variable-length for packed rows" if device.type == "cuda"
-                    else "SDPA attention, record by record for packed rows")
+    elif use_liger and apply_liger_rope(base):
+        features.append(f"liger rope (Liger has no {layout.model_type} patch; its rotary layout is Llama's)")
+    elif use_liger:
+        features.append(f"no liger kernels for {layout.model_type}")
+    attention, packing_supported = choose_attention(base, layout, device)
+    features.append(attention)
     head_weight = detach_output_head(base, peft)
     if head_weight is not None:
         features.append("fused output projection + cross-entropy on label positions"
@@ -130,14 +167,44 @@ def prepare_model(base: Any, peft: dict[str, Any], device: torch.device, activat
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False
-    if fuse and fuse_projections(model):
-        features.append("shared-input projections (q/k/v, gate/up) with LoRA folded into the base products")
-    return Prepared(model, head_weight, use_liger, features)
+    if fuse:
+        features += describe_projection_paths(model, fuse_projections(model))
+    return Prepared(model, head_weight, use_liger, features, peft, packing_supported, layout)
+
+
+def describe_projection_paths(model: Any, groups: list[Any]) -> list[str]:
+    """Which adapted projections take the fused path and which peft's own forward (by shape, not name:
+    a plain frozen nn.Linear with one plain LoRA branch fuses; Conv1D, fan_in_fan_out and the like do not)."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    leaves = {id(m): name.rsplit(".", 1)[-1] for name, m in model.named_modules()}
+
+    def leaf(module: Any) -> str:
+        return leaves[id(module)]
+
+    # A group whose members peft computes in its own way (Conv1D's fan_in_fan_out, dropout, ...) runs
+    # each member's own forward: it counts as the plain path.
+    fast = [group for group in groups if all(projection_of(m) is not None for m in group.modules)]
+    grouped = [[leaf(m) for m in group.modules] for group in fast]
+    fused = {name for names in grouped for name in names}
+    plain = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                    if isinstance(m, LoraLayer) and name.rsplit(".", 1)[-1] not in fused})
+    lines = []
+    if grouped:
+        shared = ["/".join(names) for names in dict.fromkeys(tuple(n) for n in grouped) if len(names) > 1]
+        single = sorted({names[0] for names in grouped if len(names) == 1})
+        lines.append("projections with LoRA folded into the base GEMM: "
+                     + ", ".join([f"{names} (one shared input)" for names in shared] + single))
+    if plain:
+        lines.append(f"plain peft path (no fused projection for this layout): {', '.join(plain)}")
+    return lines
 
 
 def loss_sum(model: Any, batch: dict[str, Any], head_weight: torch.Tensor | None, use_liger: bool) -> torch.Tensor:
     """Sum (not mean) of the label tokens' losses, so batches of any split add up to the same total."""
-    outputs = model(input_ids=batch["input_ids"], **packed_kwargs(batch))
+    # No key/value cache: training never reads it, and with one transformers skips the block-causal mask it
+    # derives from packed position ids (the eager attention of soft-capped families relies on that mask).
+    outputs = model(input_ids=batch["input_ids"], use_cache=False, **packed_kwargs(batch))
     states = outputs.logits  # hidden states when the output projection was detached
     # p-tuning prepends virtual tokens; the label positions index the last input_ids-width positions.
     states = states[:, -batch["input_ids"].shape[1] :, :]

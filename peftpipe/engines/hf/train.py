@@ -331,6 +331,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     per_rank = gbs // world
     # p-tuning prepends its virtual tokens to every row, so records cannot share one.
     packing = bool(config.get("packing")) and config["peft"]["method"] != "ptuning"
+    if packing and not prepared.packing_supported and rank == 0:
+        print(f"packing is off for {prepared.layout.architecture}: its attention cannot keep packed records"
+              " apart; micro batches are padded instead", flush=True)
+    packing = packing and prepared.packing_supported
     settings = {"micro_batch_size": mbs, "max_seq_length": max_len, "packing": packing, "pad_id": pad_id,
                 "precision": precision}
     max_steps = config["max_steps"]
@@ -343,7 +347,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
             f"training {config['peft']['method']} ({n_trainable:,} trainable parameters) on {len(train_examples)} records:"
             f" global batch {gbs} = micro batch {mbs} x accumulation {per_rank // mbs} x ranks {world};"
             f" {layout}; precision {precision}; device {device.type}\n"
-            f"fast paths: {'; '.join(prepared.features)}",
+            f"model: {prepared.layout.describe()}\n"
+            + (f"target modules ({'auto' if config['peft'].get('target_modules') == 'auto' else 'spec'}):"
+               f" {', '.join(prepared.peft['target_modules'])}\n" if "target_modules" in prepared.peft else "")
+            + f"fast paths: {'; '.join(prepared.features)}",
             flush=True,
         )
 
@@ -402,6 +409,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         "final_loss": loss_value,
         "resumed_from_step": resumed_from,
         "trainable_parameters": n_trainable,
+        "peft": prepared.peft,  # target modules as trained (auto resolved)
         "precision": precision,
         "world_size": world,
         "wall_time_s": round(time.perf_counter() - run_started, 2),

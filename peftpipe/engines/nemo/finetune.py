@@ -31,8 +31,13 @@ HF_TO_NEMO = {
 FUSED_GROUPS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 
 
-def lora_target_modules(names: list[str]) -> list[str]:
-    """NeMo ``lora_tuning.target_modules`` for HF or NeMo module names, in NeMo's order."""
+def lora_target_modules(names: list[str] | str) -> list[str]:
+    """NeMo ``lora_tuning.target_modules`` for HF or NeMo module names, in NeMo's order.
+
+    ``auto`` is every attention and MLP projection, as for the hf engine: NeMo's four fused modules.
+    """
+    if names == "auto":
+        return ["attention_qkv", "attention_dense", "mlp_fc1", "mlp_fc2"]
     unknown = [n for n in names if n not in HF_TO_NEMO and n not in NEMO_TARGETS]
     if unknown:
         raise SpecError.single("peft.lora.target_modules", f"{unknown} name no module NeMo can adapt (an unknown name"

@@ -15,12 +15,12 @@ import yaml
 
 from peftpipe.engines.nemo import convert
 from peftpipe.spec_issues import SpecError, SpecIssue
-from peftpipe.engines.nemo.finetune import lora_target_modules
 from peftpipe.engines.nemo.overrides import hydra_string
 from peftpipe.engines.nemo.profiles import PROFILES, Profile
 from peftpipe.engines.nemo.resources import (compute_capability, convert_precision, data_parallel_size,
                                              generate_layout, gpu_name, trainer_precision, world_size)
 from peftpipe.spec import LoadedSpec, RunSpec, memory_mb, template_fields
+from peftpipe.model_fit import check_target_modules
 
 
 def check_nemo(loaded: LoadedSpec) -> list[SpecIssue]:
@@ -119,11 +119,7 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
     if spec.train.lr_schedule != "cosine":
         issues.append(SpecIssue("train.lr_schedule", f"{spec.train.lr_schedule} is not rendered for NeMo, whose"
                                 " fine-tuning config schedules with CosineAnnealing", "set train.lr_schedule: cosine"))
-    if spec.peft.method == "lora":
-        try:
-            lora_target_modules(spec.peft.lora.target_modules)
-        except SpecError as error:
-            issues.extend(error.issues)
+    issues += check_target_modules(spec, None)  # NeMo's fused module names; no model needed
     if spec.peft.method == "ia3" and spec.peft.ia3.model_fields_set:
         issues.append(SpecIssue("peft.ia3", "NeMo's IA3 scales keys, values and the MLP input at fixed places;"
                                 " target_modules and feedforward_modules cannot be chosen",
@@ -135,12 +131,10 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
 
 
 def _hf_config(loaded: LoadedSpec) -> dict[str, Any] | None:
-    """The model's config.json when the model is a local directory (a Hub model is only read after fetching)."""
-    path = loaded.spec.model.path
-    if path is None:
-        return None
-    config = loaded.resolve(path) / "config.json"
-    return convert.read_hf_config(config.parent) if config.is_file() else None
+    """The model's config.json when it is on disk: a model directory or a Hub model already in the cache."""
+    from peftpipe.model_fit import local_config
+
+    return local_config(loaded)
 
 
 def nemo_model_config(path: Path) -> dict[str, Any] | None:
