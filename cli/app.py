@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 
 from cli.artifacts import app as artifacts_app
+from cli.comparison import print_base_vs_adapter
 from cli.data import data_app
+from cli.generate import generate
 from cli.render import render
 from cli.runs import runs
 from cli.spec_commands import init, spec_app
@@ -21,6 +23,7 @@ hub_app = typer.Typer(help="Hugging Face Hub mirror tools.", no_args_is_help=Tru
 app.add_typer(hub_app, name="hub")
 app.add_typer(data_app, name="data")
 app.command()(render)
+app.command()(generate)
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(spec_app, name="spec")
 app.command()(init)
@@ -76,6 +79,7 @@ def run(
     result = state.result(raise_on_failure=False)
     summary = result if isinstance(result, dict) else {}
     print_summary(console, f"peftpipe run {run_id}: {state.name}", stage_rows(flow_run_id), summary)
+    print_base_vs_adapter(console, summary.get("metrics") or {})
     console.print(f"Prefect UI: {flow_run_url(flow_run_id)}")
     if not os.environ.get("PREFECT_API_URL"):
         console.print("(local ephemeral API: run `prefect server start` to browse this run in the UI)")

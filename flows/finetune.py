@@ -16,6 +16,7 @@ from peftpipe.spec import LoadedSpec
 from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
+from flows.baseline import baseline_wanted, publish_baseline_artifact
 from flows.runs_table import publish_runs_table
 from flows.ui_artifacts import publish_run_artifacts
 from peftpipe.engines import engine_for
@@ -118,6 +119,9 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
     if run_id is None:
         run_id = stages.new_run_id(loaded.spec.name)
         _name_flow_run(run_id)
+    if loaded.spec.evaluation.baseline is None:
+        changes = {**changes, "evaluation.baseline": baseline_wanted(loaded, run_id)}
+        loaded = load_or_log(spec_path, changes)
     paths = stages.run_paths(loaded, run_id)
     get_run_logger().info("run %s in %s", run_id, paths.root)
     fetched = fetch_model(loaded, paths)
@@ -129,6 +133,7 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
     metrics = evaluate(loaded, paths, fetched.path)
     manifest = publish(loaded, paths, run_id, fetched, data, metrics)
     publish_run_artifacts(paths, metrics, manifest)
+    publish_baseline_artifact(metrics)
     publish_runs_table(loaded)
     adapter_url = manifest["manifest_url"].rsplit("/", 1)[0] + "/adapter/"
     # The last line of the run's log: what `prefect deployment run --watch` and the UI's log show at the end.

@@ -1,4 +1,4 @@
-"""Answer metrics over a predictions JSONL, as NeMo and the SQuAD script define them."""
+"""Answer metrics over a predictions JSONL, as NeMo, the SQuAD script and PubMedQA's evaluation define them."""
 
 from __future__ import annotations
 
@@ -42,15 +42,57 @@ def token_f1(pred: str, label: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def score_predictions(predictions_file: Path) -> dict[str, float | int]:
-    """Mean exact match (raw and normalised) and token F1 over every line of the file."""
+# Label tasks (PubMedQA's yes/no/maybe, any small closed set of answers) are scored the way PubMedQA's
+# own evaluation.py scores: a prediction is its first word, lower-cased without punctuation, compared
+# with the label. Macro-F1 averages the per-label F1 over the label set; a prediction outside the set
+# counts as a miss of the gold label.
+# A detected label task: at most this many distinct one-word answers, each seen at least twice on average.
+MAX_DETECTED_LABELS = 10
+
+
+def first_word(text: str) -> str:
+    words = normalize_answer(text).split()
+    return words[0] if words else ""
+
+
+def detect_labels(labels: Sequence[str]) -> list[str] | None:
+    """The closed label set of these gold answers, or None when they do not look like one."""
+    distinct = {normalize_answer(label) for label in labels}
+    if not 2 <= len(distinct) <= MAX_DETECTED_LABELS or len(labels) < 2 * len(distinct):
+        return None
+    if any(len(label.split()) != 1 for label in distinct):
+        return None
+    return sorted(distinct)
+
+
+def label_scores(preds: Sequence[str], golds: Sequence[str], label_set: Sequence[str]) -> dict[str, float]:
+    """Accuracy and macro-F1 of first-word predictions against the gold labels."""
+    predicted = [first_word(p) for p in preds]
+    gold = [normalize_answer(g) for g in golds]
+    accuracy = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+    f1s = []
+    for label in (normalize_answer(x) for x in label_set):
+        tp = sum(p == label and g == label for p, g in zip(predicted, gold))
+        fp = sum(p == label and g != label for p, g in zip(predicted, gold))
+        fn = sum(p != label and g == label for p, g in zip(predicted, gold))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}
+
+
+def score_predictions(predictions_file: Path, labels: list[str] | None = None) -> dict[str, float | int]:
+    """Mean exact match (raw and normalised) and token F1 over every line of the file; for a label task
+    (``labels`` declared, or detected from the gold answers) also accuracy and macro-F1."""
     rows = [json.loads(line) for line in predictions_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{predictions_file} holds no predictions")
     n = len(rows)
-    return {
+    scores: dict[str, float | int] = {
         "records": n,
         "exact_match": sum(exact_match(r["pred"], r["label"]) for r in rows) / n,
         "exact_match_normalized": sum(normalized_exact_match(r["pred"], r["label"]) for r in rows) / n,
         "f1": sum(token_f1(r["pred"], r["label"]) for r in rows) / n,
     }
+    label_set = labels or detect_labels([r["label"] for r in rows])
+    if label_set:
+        scores.update(label_scores([r["pred"] for r in rows], [r["label"] for r in rows], label_set))
+    return scores

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftpipe.spec_issues import SpecError, SpecIssue
+from peftpipe.spec_issues import SpecIssue
 from peftpipe.model_layout import (
     AUTO,
     ModelLayout,
@@ -41,25 +41,15 @@ def resolved_peft(peft: dict[str, Any], layout: ModelLayout) -> dict[str, Any]:
 
 
 def check_target_modules(spec: RunSpec, layout: ModelLayout | None) -> list[SpecIssue]:
-    """Explicit target modules that would adapt nothing, for every engine: the one check of target names.
+    """Explicit target modules that are not modules of the model: the check of target names for engines
+    that adapt the HF model's own modules (hf, automodel).
 
-    hf: each name must be a module of the model (``layout``: None skips the check until the model's
-    config.json is on disk). nemo: the names are NeMo's fused modules (attention_qkv, attention_dense,
-    mlp_fc1, mlp_fc2, which every converted model has) or HF names that map onto them, with q/k/v and
-    gate/up only as whole groups; this needs no layout.
+    ``layout``: None skips the check until the model's config.json is on disk. The nemo engine's
+    names are NeMo's fused modules, which every converted model has; ``engines/nemo/validate.py``
+    checks those without a model.
     """
 
     peft = spec.peft
-    if spec.engine == "nemo":
-        from peftpipe.engines.nemo.finetune import lora_target_modules
-
-        if peft.method != "lora":
-            return []
-        try:
-            lora_target_modules(peft.lora.target_modules)
-        except SpecError as error:
-            return list(error.issues)
-        return []
     if layout is None:
         return []
     wanted: list[tuple[str, list[str]]] = []

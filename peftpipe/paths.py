@@ -70,6 +70,11 @@ class RunPaths:
         return self.evaluate_dir / "eval_summary.json"
 
     @property
+    def baseline_predictions_file(self) -> Path:
+        """The base model's predictions without the adapter, on the same test records."""
+        return self.evaluate_dir / "baseline_predictions.jsonl"
+
+    @property
     def metrics_file(self) -> Path:
         return self.evaluate_dir / "metrics.json"
 

@@ -370,22 +370,34 @@ class TrainSpec(StrictModel):
         return self.devices * self.num_nodes
 
 
+MetricName = Literal["exact_match", "exact_match_normalized", "f1", "loss", "accuracy", "macro_f1"]
+
+
 class EvaluationSpec(StrictModel):
     """Generation on the test split and its scores."""
 
-    metrics: list[Literal["exact_match", "exact_match_normalized", "f1", "loss"]] = Field(
-        default_factory=lambda: ["exact_match", "exact_match_normalized", "f1", "loss"], min_length=1,
-        description="Scores to compute: exact_match (raw string equality), exact_match_normalized and f1 (SQuAD"
-        " v1.1 normalisation), loss (answer-token loss).", examples=[["exact_match_normalized", "f1"]],
-    )
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: ["exact_match", "exact_match_normalized", "f1", "loss", "accuracy", "macro_f1"],
+        min_length=1, description="accuracy and macro_f1 are computed for label tasks only (see labels).",
+        examples=[["exact_match_normalized", "f1"]])
+    labels: list[str] | None = Field(
+        None, description="The closed answer set of a label task (e.g. [yes, no, maybe]); unset: detected when "
+        "the test answers are a few one-word labels, and [yes, no, maybe] for pubmedqa.",
+        examples=[["yes", "no", "maybe"]])
     tokens_to_generate: int = Field(32, gt=0, description="Maximum new tokens generated per test record.",
                                     examples=[64])
     greedy: bool = Field(True, description="Greedy decoding; false samples (nemo: see nemo.generation).")
     batch_size: int = Field(8, gt=0, description="Test records generated at once.", examples=[16])
     max_records: int | None = Field(None, gt=0, description="Evaluate only the first N test records.",
                                     examples=[500])
-    select_metric: Literal["exact_match", "exact_match_normalized", "f1", "loss"] = Field(
+    select_metric: MetricName = Field(
         "f1", description="What a re-tune compares to decide on promotion (loss: lower is better).")
+    baseline: bool | None = Field(
+        None, description="Also score the base model without the adapter on the same test records and report "
+        "base vs adapter; unset: on for the first run of a spec and for every re-tune.", examples=[False])
+    test_overlap: Literal["error", "warn"] = Field(
+        "error", description="When a re-tune's test records were training records of the new or the promoted "
+        "adapter (by content fingerprint): error refuses the comparison, warn reports it and compares anyway.")
 
 
 # Bucket names as S3 accepts them (3-63 lowercase letters, digits, dots, dashes).

@@ -18,8 +18,10 @@ from peftpipe import __version__
 from peftpipe.artifacts import Progress, publish_directory
 from peftpipe.stores import open_store
 from peftpipe.backends import LineSink
+from peftpipe.data.fingerprints import FINGERPRINTS_FILE, write_fingerprints
 from peftpipe.data.prepare import PreparedData, default_cache_dir, prepare_dataset
 from peftpipe.engines import engine_for
+from peftpipe.hub.adapter_reference import point_at_hub
 from peftpipe.hub.fetch import DEFAULT_TOKEN_HINT, FetchedModel, fetch_model, use_local_model
 from peftpipe.paths import RunPaths
 from peftpipe.safe_names import check_run_id
@@ -98,7 +100,11 @@ def publish_stage(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: Fetch
         "metrics": metrics,
         "host": os.uname().nodename,
     }
+    point_at_hub(paths.adapter_dir, model.repo_id, model.commit_sha)
     files = engine_for(loaded.spec.engine).run_files(loaded, paths)
+    # What the adapter trained on, record by record, so a later comparison can tell a leaked test set.
+    files[f"data/{FINGERPRINTS_FILE}"] = write_fingerprints(paths.data_file("train"),
+                                                            paths.data_dir / FINGERPRINTS_FILE)
     published = publish_directory(store, run_id, files, metadata)
     objects = len(published.manifest["objects"])
     on_line(f"{published.transferred} of {objects} objects sent, {objects - published.transferred} already stored")

@@ -143,6 +143,8 @@ def broken_cases(work: Path) -> list[tuple[str, list[str]]]:
         ("runs", ["compare", "fine", "absent", *store]),
         ("runs", ["compare", "fine", *store]),
         ("runs", ["--store", "ftp://host/x"]),
+        ("generate", ["../../etc", "--spec", str(spec), "--prompt", "q"]),
+        ("generate", ["absent", "--spec", missing, "--prompt", "q"]),
     ]
 
 

@@ -63,4 +63,8 @@ def test_run_killed_trainer_then_rerun_resumes(tmp_path: Path, hub_endpoint: str
         assert stage in table
     assert f"step 40, loss" in table and f"resumed from {summary['resumed_from_step']}" in table
     assert "/runs/flow-run/" in table
+    # The spec's first published run scored the base model too: base vs adapter with the delta, per metric.
+    assert "base model vs adapter on the same" in table
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert f"{metrics['delta']['loss']:+.4f}" in table and f"{metrics['baseline']['loss']:.4f}" in table
     assert (tmp_path / "store" / "resume-me" / "manifest.json").is_file()

@@ -29,16 +29,19 @@ def split_numbers(out: Path) -> dict[str, list[int]]:
             for split in SPLITS}
 
 
-def convert_file(path: Path, out: Path, seed: int = 1, block_size: int = 1000, **options: Any) -> dict[str, Any]:
+def convert_file(path: Path, out: Path, seed: int = 1, **options: Any) -> dict[str, Any]:
     dataset = DatasetSpec(format="jsonl", path=str(path), **options)
-    return convert_dataset(dataset, Sources(single=path), out, seed, block_size=block_size)
+    return convert_dataset(dataset, Sources(single=path), out, seed)
 
 
-def test_seeded_split_is_exact_over_several_blocks_and_reproducible(tmp_path: Path) -> None:
+def test_seeded_split_follows_the_ratio_and_is_reproducible(tmp_path: Path) -> None:
     source = write_records(tmp_path / "data.jsonl", 1003)
     split = {"validation": 0.1, "test": 0.2}
     stats = convert_file(source, tmp_path / "a", seed=7, split=split)
-    assert stats["counts"] == {"train": 702, "validation": 100, "test": 201}
+    counts = stats["counts"]
+    # By content hash: each record is an independent draw, so the counts follow the ratio
+    # within a few standard deviations (sqrt(1003 x 0.2 x 0.8) = 12.7 for test).
+    assert abs(counts["test"] - 200.6) < 45 and abs(counts["validation"] - 100.3) < 35
     first = split_numbers(tmp_path / "a")
     assert sorted(first["train"] + first["validation"] + first["test"]) == list(range(1003))
     convert_file(source, tmp_path / "b", seed=7, split=split)
@@ -49,16 +52,45 @@ def test_seeded_split_is_exact_over_several_blocks_and_reproducible(tmp_path: Pa
     assert max(first["test"]) > 900 and min(first["test"]) < 100
 
 
-def test_small_blocks_keep_the_ratio_exact(tmp_path: Path) -> None:
-    source = write_records(tmp_path / "data.jsonl", 100)
-    stats = convert_file(source, tmp_path / "out", block_size=7, split={"validation": 0.1, "test": 0.25})
-    assert stats["counts"] == {"train": 65, "validation": 10, "test": 25}
+def test_appended_records_never_move_an_existing_record_to_another_split(tmp_path: Path) -> None:
+    split = {"validation": 0.1, "test": 0.15}
+    old = write_records(tmp_path / "old.jsonl", 60)
+    convert_file(old, tmp_path / "before", split=split)
+    before = split_numbers(tmp_path / "before")
+    grown = tmp_path / "grown.jsonl"
+    grown.write_text(old.read_text() + write_records(tmp_path / "more.jsonl", 140, start=60).read_text())
+    convert_file(grown, tmp_path / "after", split=split)
+    after = split_numbers(tmp_path / "after")
+    for name in SPLITS:
+        assert set(before[name]) <= set(after[name]), name
+    assert not set(before["train"]) & set(after["test"])
+    assert set(after["test"]) - set(before["test"])  # new records reach the test split too
+
+
+def test_a_record_keeps_its_split_whatever_its_whitespace_and_metadata(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.jsonl"
+    spaced = tmp_path / "spaced.jsonl"
+    rows = [{"input": f"question {n}  about\tthings", "output": f"answer {n}"} for n in range(40)]
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spaced.write_text("".join(json.dumps({"input": " ".join(r["input"].split()), "output": r["output"] + " ",
+                                          "id": n}) + "\n" for n, r in enumerate(rows)))
+    convert_file(plain, tmp_path / "a", split={"validation": 0.2, "test": 0.2})
+    convert_file(spaced, tmp_path / "b", split={"validation": 0.2, "test": 0.2})
+    for name in SPLITS:
+        a = [" ".join(json.loads(x)["input"].split()) for x in (tmp_path / "a" / f"{name}.jsonl").read_text().splitlines()]
+        b = [json.loads(x)["input"] for x in (tmp_path / "b" / f"{name}.jsonl").read_text().splitlines()]
+        assert a == b, name
 
 
 def test_a_tiny_dataset_still_gets_one_record_per_held_out_split(tmp_path: Path) -> None:
     source = write_records(tmp_path / "data.jsonl", 5)
     stats = convert_file(source, tmp_path / "out", split={"validation": 0.05, "test": 0.05})
     assert stats["counts"] == {"train": 3, "validation": 1, "test": 1}
+    before = split_numbers(tmp_path / "out")
+    # Growing it keeps the promise: what trained before never lands in test.
+    grown = write_records(tmp_path / "grown.jsonl", 12)
+    convert_file(grown, tmp_path / "grown", split={"validation": 0.05, "test": 0.05})
+    assert not set(before["train"]) & set(split_numbers(tmp_path / "grown")["test"])
 
 
 def test_duplicates_across_given_splits_leave_train_not_test(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from tests.prefect_stack import DeploymentRun, Stack, run_id_of, slurm_spec
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
 UI_KEYS = {"finetune-job-script", "evaluate-job-script", "finetune-attempts", "eval-metrics", "training-loss",
-           "run-artifacts"}
+           "run-artifacts", "base-vs-adapter"}
 
 
 def jobs_named(run_id: str) -> list[dict[str, str]]:
@@ -46,6 +46,8 @@ def test_deployment_run_with_watch_runs_every_stage_on_slurm(slurm_deployment_ru
     assert f"#SBATCH --job-name=peftpipe-{run.run_id}-finetune" in script and "```bash" in script
     assert {row["metric"] for row in _table(artifacts["eval-metrics"])} >= {"f1", "exact_match", "loss"}
     assert "Training loss" in artifacts["training-loss"]["data"]
+    # The spec's first run scores the base model too: one row per metric, base vs adapter with the delta.
+    assert {row["metric"] for row in _table(artifacts["base-vs-adapter"])} >= {"f1", "exact_match", "loss"}
     assert "manifest.json" in artifacts["run-artifacts"]["data"]
 
 

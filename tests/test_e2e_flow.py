@@ -44,6 +44,10 @@ def test_finetune_flow_end_to_end(tmp_path: Path, hub_endpoint: str, prefect_api
     for key in ("exact_match", "exact_match_normalized", "f1"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["loss"] > 0
+    # The spec's first run scores the base model on the same records; the adapter is visibly applied.
+    assert metrics["baseline"]["records"] == metrics["records"]
+    assert metrics["delta"]["loss"] == pytest.approx(metrics["loss"] - metrics["baseline"]["loss"])
+    assert metrics["predictions_changed_by_adapter"] > 0 or metrics["delta"]["loss"] != 0
     assert summary["train"]["final_step"] == 12
 
     store = tmp_path / "store" / "e2e-run"
@@ -58,6 +62,13 @@ def test_finetune_flow_end_to_end(tmp_path: Path, hub_endpoint: str, prefect_api
     assert manifest["base_model"]["repo_id"] == TINY_REPO_ID
     assert len(manifest["base_model"]["commit_sha"]) == 40
     assert manifest["dataset"]["fingerprint"] == summary["data"]["fingerprint"]
+    # The published adapter names its base by Hub repo id and pinned commit, not this machine's cache path.
+    adapter_config = json.loads((store / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == TINY_REPO_ID
+    assert adapter_config["revision"] == manifest["base_model"]["commit_sha"]
+    # And it records what it trained on, record by record, for a later overlap check.
+    trained = (store / "data" / "train_fingerprints.txt").read_text().split()
+    assert len(trained) == len((run_dir / "data" / "train.jsonl").read_text().splitlines()) > 0
 
 
 def test_invalid_override_fails_the_flow_before_any_stage(tmp_path: Path, prefect_api) -> None:

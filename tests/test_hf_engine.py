@@ -77,6 +77,11 @@ def test_other_methods_train_and_generate(tmp_path: Path, hub_root: Path, method
     test_records = paths.data_file("test").read_text().splitlines()
     assert len(rows) == len(test_records)
     assert {"input", "pred", "label", "id", "title"} <= set(rows[0])
+    # The base model without the adapter is scored on the same records, and the adapter visibly acts.
+    baseline = [json.loads(line) for line in paths.baseline_predictions_file.read_text().splitlines()]
+    assert [r["input"] for r in baseline] == [r["input"] for r in rows]
+    summary = json.loads(paths.eval_summary_file.read_text())
+    assert summary["predictions_changed_by_adapter"] > 0 or summary["baseline_loss"] != summary["loss"]
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path, hub_root: Path) -> None:

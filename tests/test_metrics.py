@@ -41,3 +41,27 @@ def test_score_predictions_averages_every_line(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     scores = score_predictions(path)
     assert scores == {"records": 2, "exact_match": 0.5, "exact_match_normalized": 1.0, "f1": 1.0}
+
+
+def write_predictions(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"input": f"q{n}", "pred": p, "label": g}) + "\n"
+                            for n, (p, g) in enumerate(pairs)))
+    return path
+
+
+def test_label_tasks_get_accuracy_and_macro_f1_on_first_words(tmp_path: Path) -> None:
+    # PubMedQA-style: the first word of the answer, case and punctuation dropped, is the prediction.
+    pairs = [("Yes, because the trial", "yes"), ("no", "no"), ("maybe.", "maybe"), ("No", "yes"), ("no", "no"),
+             ("perhaps", "maybe")]
+    scores = score_predictions(write_predictions(tmp_path / "p.jsonl", pairs), ["yes", "no", "maybe"])
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    # yes: tp 1, fn 1 -> 2/3; no: tp 2, fp 1 -> 4/5; maybe: tp 1, fn 1 -> 2/3 ("perhaps" is outside the set).
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 2 / 3) / 3)
+    # Undeclared, the closed set is detected from the gold answers.
+    assert score_predictions(tmp_path / "p.jsonl")["macro_f1"] == pytest.approx(scores["macro_f1"])
+
+
+def test_free_text_answers_are_not_a_label_task(tmp_path: Path) -> None:
+    pairs = [("Warsaw", "Warsaw"), ("the Volga", "Volga river"), ("1905", "1905"), ("Paris", "Lyon")]
+    scores = score_predictions(write_predictions(tmp_path / "p.jsonl", pairs))
+    assert "accuracy" not in scores and "macro_f1" not in scores

@@ -17,7 +17,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 STAGES = ("fetch-model", "prepare-data", "finetune-attempt1-mbs4", "evaluate", "publish")
 KEYS = ("finetune-job-script", "evaluate-job-script", "finetune-attempts", "eval-metrics", "training-loss",
-        "run-artifacts")
+        "run-artifacts", "base-vs-adapter")
 
 
 def test_flow_run_page_shows_stage_task_runs_and_artifacts(slurm_deployment_run: DeploymentRun,

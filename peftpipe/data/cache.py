@@ -22,7 +22,7 @@ from peftpipe.hashing import sha256_file
 from peftpipe.spec import DatasetSpec
 
 # Bump when the same inputs and options would convert to different records.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3  # 3: splits by record content (stable as data grows)
 # Spec keys that do not change the prepared files (paths are replaced by the files' content).
 NOT_IN_KEY: dict[str, Any] = {
     "path": True, "train": True, "validation": True, "test": True, "cache": True, "cache_dir": True,

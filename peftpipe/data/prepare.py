@@ -1,8 +1,9 @@
 """Turn a dataset into train / validation / test JSONL with stats.json and a fingerprint.
 
 Memory stays bounded however large the input: records stream from the reader to the output
-files; the seeded split holds one block of serialized records at a time; de-duplication keeps a
-16-byte digest per distinct (input, output) pair, never the pair itself.
+files; a record's split is a function of its own content and the seed
+(:mod:`peftpipe.data.fingerprints`), so appending records never moves one to another split;
+de-duplication keeps a 16-byte digest per distinct (input, output) pair, never the pair itself.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 from collections import Counter
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from peftpipe.data.cache import cache_key, find_entry, input_digests, place_files, store_entry
+from peftpipe.data.fingerprints import StableSplitter
 from peftpipe.data.convert import READ_ORDER, SPLITS, Sources, read_items, resolve_sources
 from peftpipe.data.records import BadRecord, DatasetError, Omitted, digest_files
 from peftpipe.spec import DatasetSpec, LoadedSpec, RunSpec
 
-BLOCK_SIZE = 1000
 STATS_FILE = "stats.json"
 
 
@@ -42,49 +42,6 @@ class PreparedData:
 
     def file(self, split: str) -> Path:
         return self.directory / f"{split}.jsonl"
-
-
-class BlockSplitter:
-    """A seeded split by ratio that is exact over the whole stream but holds one block at a time.
-
-    Each block is shuffled with the seeded generator and cut so that the running numbers of
-    test and validation records stay at round(records so far x ratio). A dataset smaller than
-    one block is split like one seeded shuffle of all of it, with at least one record in each
-    held-out split that has a ratio above zero.
-    """
-
-    def __init__(self, validation: float, test: float, seed: int, block_size: int = BLOCK_SIZE):
-        self.ratios = {"test": test, "validation": validation}
-        self.rng = random.Random(seed)
-        self.block_size = block_size
-        self.block: list[str] = []
-        self.total = 0
-        self.held_out = {"test": 0, "validation": 0}
-
-    def add(self, line: str) -> list[tuple[str, str]]:
-        """Take one serialized record; return (split, line) pairs once a block is complete."""
-        self.block.append(line)
-        return self._cut(final=False) if len(self.block) >= self.block_size else []
-
-    def finish(self) -> list[tuple[str, str]]:
-        return self._cut(final=True)
-
-    def _cut(self, final: bool) -> list[tuple[str, str]]:
-        block, self.block = self.block, []
-        self.rng.shuffle(block)
-        self.total += len(block)
-        assigned: list[tuple[str, str]] = []
-        start = 0
-        for split in ("test", "validation"):
-            ratio = self.ratios[split]
-            wanted = round(self.total * ratio)
-            if final and ratio > 0:
-                wanted = max(wanted, 1)
-            take = max(0, min(len(block) - start, wanted - self.held_out[split]))
-            assigned += [(split, line) for line in block[start : start + take]]
-            self.held_out[split] += take
-            start += take
-        return assigned + [("train", line) for line in block[start:]]
 
 
 class DuplicateFilter:
@@ -112,7 +69,7 @@ def serialize(record: dict[str, Any]) -> str:
 
 
 def convert_dataset(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed: int,
-                    block_size: int = BLOCK_SIZE, digests: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+                    digests: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Write ``{train,validation,test}.jsonl`` and ``stats.json`` into ``out_dir``; return the stats.
 
     Files are built in a sibling temporary directory and moved in at the end, stats.json last,
@@ -121,7 +78,7 @@ def convert_dataset(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed:
     out_dir.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        stats = _convert(dataset, sources, build, seed, block_size, digests or input_digests(sources))
+        stats = _convert(dataset, sources, build, seed, digests or input_digests(sources))
         for name in [f"{split}.jsonl" for split in SPLITS] + [STATS_FILE]:
             os.replace(build / name, out_dir / name)
     finally:
@@ -129,7 +86,7 @@ def convert_dataset(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed:
     return stats
 
 
-def _convert(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed: int, block_size: int,
+def _convert(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed: int,
              digests: dict[str, dict[str, str]]) -> dict[str, Any]:
     counts = dict.fromkeys(SPLITS, 0)
     duplicates: Counter[str] = Counter()
@@ -158,17 +115,17 @@ def _convert(dataset: DatasetSpec, sources: Sources, out_dir: Path, seed: int, b
                 elif filter_.is_duplicate(item):
                     duplicates[split or "path"] += 1
                 else:
-                    yield serialize(item)
+                    yield item, serialize(item)
 
         if sources.single is not None:
-            splitter = BlockSplitter(dataset.split.validation, dataset.split.test, seed, block_size)
-            for line in records(sources.single, None):
-                write(splitter.add(line))
+            splitter = StableSplitter(dataset.split.validation, dataset.split.test, seed)
+            for record, line in records(sources.single, None):
+                write(splitter.add(record, line))
             write(splitter.finish())
         else:
             for split in READ_ORDER:
                 if split in sources.splits:
-                    write([(split, line) for line in records(sources.splits[split], split)])
+                    write([(split, line) for _, line in records(sources.splits[split], split)])
     _check_not_empty(dataset, counts, sources, skipped, sum(duplicates.values()))
     digest, shas = digest_files(out_dir / f"{s}.jsonl" for s in SPLITS)
     files = {f"{s}.jsonl": {"records": counts[s], "sha256": shas[f"{s}.jsonl"]} for s in SPLITS}

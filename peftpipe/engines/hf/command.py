@@ -66,6 +66,9 @@ def generation_config(spec: RunSpec, model_path: Path, paths: RunPaths) -> dict[
         "max_records": evaluation.max_records,
         "precision": spec.train.precision,
         "seed": spec.train.seed,
+        # evaluation.baseline unset (auto) renders as on; the finetune flow settles it before submitting.
+        "baseline_predictions_file": (str(paths.baseline_predictions_file)
+                                      if evaluation.baseline is not False else None),
     }
 
 

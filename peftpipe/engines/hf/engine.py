@@ -62,5 +62,13 @@ class HfEngine:
     def run_files(self, loaded: LoadedSpec, paths: RunPaths) -> dict[str, Path]:
         return stages.run_files(paths)
 
+    def answer(self, model_path: Path, adapter_dir: Path, records: list[dict[str, Any]], prompt_template: str,
+               max_seq_length: int, tokens_to_generate: int, batch_size: int = 8) -> list[str]:
+        """``peftpipe generate``: the HF PEFT adapter's greedy answers (an engine without it cannot be tried)."""
+        from peftpipe.engines.hf.chat import answer
+
+        return answer(model_path, adapter_dir, records, prompt_template, max_seq_length, tokens_to_generate,
+                      batch_size)
+
 
 ENGINE = HfEngine()

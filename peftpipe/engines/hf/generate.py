@@ -39,16 +39,7 @@ def generate(config: dict[str, Any]) -> dict[str, Any]:
     loss = mean_loss(model, examples, config["batch_size"], pad_id, device, precision)
 
     started = time.perf_counter()
-    predictions_path = Path(config["predictions_file"])
-    predictions_path.parent.mkdir(parents=True, exist_ok=True)
-    with predictions_path.open("w", encoding="utf-8") as out:
-        for start in range(0, len(records), config["batch_size"]):
-            chunk = records[start : start + config["batch_size"]]
-            prompts = [_prompt_ids(r, template, tokenizer, max_len - new_tokens) for r in chunk]
-            for record, pred in zip(chunk, _generate_batch(model, prompts, tokenizer, pad_id, device, config)):
-                metadata = {k: v for k, v in record.items() if k not in ("input", "output")}
-                out.write(json.dumps({"input": record["input"], "pred": pred, "label": record["output"], **metadata},
-                                     ensure_ascii=False) + "\n")
+    preds = _write_predictions(model, records, Path(config["predictions_file"]), tokenizer, pad_id, device, config)
     summary = {
         "records": len(records),
         "loss": loss,
@@ -57,8 +48,39 @@ def generate(config: dict[str, Any]) -> dict[str, Any]:
         "greedy": config["greedy"],
         "precision": precision,
     }
+    if config.get("baseline_predictions_file"):
+        # The same model object with its adapter layers bypassed: the base model on the same records.
+        with model.disable_adapter():
+            torch.manual_seed(config["seed"])
+            summary["baseline_loss"] = mean_loss(model, examples, config["batch_size"], pad_id, device, precision)
+            base_preds = _write_predictions(model, records, Path(config["baseline_predictions_file"]), tokenizer,
+                                            pad_id, device, config)
+        summary["predictions_changed_by_adapter"] = sum(a != b for a, b in zip(preds, base_preds))
+        if summary["predictions_changed_by_adapter"] == 0 and abs(summary["baseline_loss"] - loss) < 1e-6:
+            # A silently unapplied adapter (wrong target modules, a failed load) must not pass as a result.
+            raise SystemExit(f"the adapter in {config['adapter_dir']} changed no prediction and not the loss"
+                             f" ({loss:.6f}) on {len(records)} test records: it is not applied. Fix: check"
+                             " peft.*.target_modules against the model's module names and the adapter files.")
     Path(config["summary_file"]).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _write_predictions(model: Any, records: list[dict[str, Any]], path: Path, tokenizer: Any, pad_id: int,
+                       device: torch.device, config: dict[str, Any]) -> list[str]:
+    """Greedy (or sampled) answers for ``records`` as NeMo's predictions JSONL; returns the answers."""
+    template, max_len, new_tokens = config["prompt_template"], config["max_seq_length"], config["tokens_to_generate"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    answers: list[str] = []
+    with path.open("w", encoding="utf-8") as out:
+        for start in range(0, len(records), config["batch_size"]):
+            chunk = records[start : start + config["batch_size"]]
+            prompts = [_prompt_ids(r, template, tokenizer, max_len - new_tokens) for r in chunk]
+            for record, pred in zip(chunk, _generate_batch(model, prompts, tokenizer, pad_id, device, config)):
+                metadata = {k: v for k, v in record.items() if k not in ("input", "output")}
+                out.write(json.dumps({"input": record["input"], "pred": pred, "label": record["output"], **metadata},
+                                     ensure_ascii=False) + "\n")
+                answers.append(pred)
+    return answers
 
 
 def _prompt_ids(record: dict[str, Any], template: str, tokenizer: Any, budget: int) -> list[int]:

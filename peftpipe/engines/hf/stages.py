@@ -15,7 +15,7 @@ from peftpipe.attempts import first_attempt
 from peftpipe.charts import CHART_FILE
 from peftpipe.backends import Backend, LineSink, StageCommand, StopRule, backend_for
 from peftpipe.engines.hf import command
-from peftpipe.metrics import score_predictions
+from peftpipe.evaluation import scores, with_baseline
 from peftpipe.paths import RunPaths
 from peftpipe.results import StageFailed, TrainResult
 from peftpipe.retry import AttemptSettings
@@ -78,15 +78,18 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, settin
 
 def evaluate_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, on_line: LineSink = print,
                    backend: Backend | None = None) -> dict[str, Any]:
-    """Generate on the test split (a process or job), then score: exact match (raw and normalised), F1, loss."""
+    """Generate on the test split (a process or job), then score: exact match (raw and normalised), F1, loss,
+    accuracy and macro-F1 for label tasks; with the base model's scores and the delta when it ran too."""
     stage = stage_command(loaded, paths, "evaluate", first_attempt(loaded.spec), model_path)
     outcome = (backend or backend_for(loaded)).run(loaded, paths, stage, on_line)
     if not outcome.succeeded:
         raise StageFailed("evaluate", outcome)
     summary = json.loads(paths.eval_summary_file.read_text())
-    scores = score_predictions(paths.predictions_file)
-    wanted = set(loaded.spec.evaluation.metrics)
-    metrics = {k: v for k, v in {**scores, "loss": summary["loss"]}.items() if k in wanted or k == "records"}
+    metrics = scores(loaded.spec, paths.predictions_file, summary["loss"])
+    if "baseline_loss" in summary:
+        baseline = scores(loaded.spec, paths.baseline_predictions_file, summary["baseline_loss"])
+        metrics = with_baseline(metrics, baseline)
+        metrics["predictions_changed_by_adapter"] = summary["predictions_changed_by_adapter"]
     metrics["generation"] = {"tokens_to_generate": summary["tokens_to_generate"], "greedy": summary["greedy"]}
     if outcome.job_id:
         metrics["job_id"] = outcome.job_id
@@ -105,6 +108,8 @@ def run_files(paths: RunPaths) -> dict[str, Path]:
         # The completed attempt's config; every attempt's own is under jobs/.
         "finetune/config.json": paths.stage_config("finetune", paths.last_attempt("finetune")),
         "evaluate/predictions.jsonl": paths.predictions_file,
+        **({"evaluate/baseline_predictions.jsonl": paths.baseline_predictions_file}
+           if paths.baseline_predictions_file.is_file() else {}),
         "evaluate/metrics.json": paths.metrics_file,
         "evaluate/eval_summary.json": paths.eval_summary_file,
     })

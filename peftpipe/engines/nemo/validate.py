@@ -15,12 +15,12 @@ import yaml
 
 from peftpipe.engines.nemo import convert
 from peftpipe.spec_issues import SpecError, SpecIssue
+from peftpipe.engines.nemo.finetune import lora_target_modules
 from peftpipe.engines.nemo.overrides import hydra_string
 from peftpipe.engines.nemo.profiles import PROFILES, Profile
 from peftpipe.engines.nemo.resources import (compute_capability, convert_precision, data_parallel_size,
                                              generate_layout, gpu_name, trainer_precision, world_size)
 from peftpipe.spec import LoadedSpec, RunSpec, memory_mb, template_fields
-from peftpipe.model_fit import check_target_modules
 
 
 def check_nemo(loaded: LoadedSpec) -> list[SpecIssue]:
@@ -119,7 +119,7 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
     if spec.train.lr_schedule != "cosine":
         issues.append(SpecIssue("train.lr_schedule", f"{spec.train.lr_schedule} is not rendered for NeMo, whose"
                                 " fine-tuning config schedules with CosineAnnealing", "set train.lr_schedule: cosine"))
-    issues += check_target_modules(spec, None)  # NeMo's fused module names; no model needed
+    issues += _check_lora_targets(spec)  # NeMo's fused module names; no model needed
     if spec.peft.method == "ia3" and spec.peft.ia3.model_fields_set:
         issues.append(SpecIssue("peft.ia3", "NeMo's IA3 scales keys, values and the MLP input at fixed places;"
                                 " target_modules and feedforward_modules cannot be chosen",
@@ -128,6 +128,17 @@ def _check_training(spec: RunSpec) -> list[SpecIssue]:
         issues.append(SpecIssue("evaluation.max_records", "megatron_gpt_generate.py always generates for the whole"
                                 " test file", "remove it (or use a smaller dataset.split.test)"))
     return issues
+
+
+def _check_lora_targets(spec: RunSpec) -> list[SpecIssue]:
+    """LoRA target names NeMo can adapt: its fused modules, or HF names that map onto them in whole groups."""
+    if spec.peft.method != "lora":
+        return []
+    try:
+        lora_target_modules(spec.peft.lora.target_modules)
+    except SpecError as error:
+        return list(error.issues)
+    return []
 
 
 def _hf_config(loaded: LoadedSpec) -> dict[str, Any] | None:
