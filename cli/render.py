@@ -57,6 +57,8 @@ def render(
         sys.stdout.write(json.dumps(command.described, indent=2, ensure_ascii=False) + "\n")
     else:
         sys.stdout.write(render_batch_script(command.job))
+        for path in command.shown:
+            sys.stdout.write(f"\n# --- {path} (written when the job is submitted) ---\n{command.files[path]}")
 
 
 def _model_dir(loaded: LoadedSpec, model_path: Path | None) -> Path | None:

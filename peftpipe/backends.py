@@ -45,6 +45,11 @@ class StageCommand:
     files: dict[Path, str] = field(default_factory=dict)
     # What `peftpipe render --json` prints for this stage.
     described: dict[str, Any] = field(default_factory=dict)
+    # The interpreter of a local run; None: this process's. An engine whose program lives in an
+    # environment of its own (automodel: its venv) names that environment's python.
+    python: str | None = None
+    # Files of `files` that `peftpipe render` prints after the batch script (an engine's own config).
+    shown: tuple[Path, ...] = ()
 
     def write_files(self) -> None:
         for path, text in self.files.items():
@@ -84,8 +89,8 @@ class LocalBackend:
     def run(self, loaded: LoadedSpec, paths: RunPaths, command: StageCommand, on_line: LineSink = print,
             stop_rule: StopRule | None = None) -> StageOutcome:
         command.write_files()
-        program, _, _ = distributed_program(sys.executable, command.script_args, 1, command.ranks_per_node,
-                                            "torchrun")
+        program, _, _ = distributed_program(command.python or sys.executable, command.script_args, 1,
+                                            command.ranks_per_node, "torchrun")
         started = time.time()
         result = run_logged([str(word) for word in program], paths.stage_log(command.stage, command.attempt),
                             on_line, stop_rule=stop_rule)

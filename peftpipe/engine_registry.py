@@ -7,4 +7,5 @@ that the spec can list the valid names without importing any engine.
 ENGINES: dict[str, str] = {
     "hf": "peftpipe.engines.hf.engine",
     "nemo": "peftpipe.engines.nemo.engine",
+    "automodel": "peftpipe.engines.automodel.engine",
 }

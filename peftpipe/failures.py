@@ -52,7 +52,12 @@ LOG_SIGNATURES: tuple[tuple[FailureKind, re.Pattern[str]], ...] = tuple(
                                    # ???, a template without the label at its end, and several
                                    # finished -last checkpoints (exp_manager.check_resume).
                                    r"|MissingMandatoryValue|must be at the end of prompt_template"
-                                   r"|Multiple checkpoints .* that matches \*last\.ckpt"),
+                                   r"|Multiple checkpoints .* that matches \*last\.ckpt"
+                                   # AutoModel (engine automodel): a config key its component does not
+                                   # take, a _target_ or module its environment lacks, a batch its
+                                   # step scheduler refuses.
+                                   r"|got an unexpected keyword argument|ModuleNotFoundError: No module named"
+                                   r"|must be divisible by local_batch_size"),
         (FailureKind.NODE_FAIL, r"DUE TO NODE FAIL"),
         (FailureKind.PREEMPTED, r"DUE TO PREEMPTION"),
         (FailureKind.TIMEOUT, r"DUE TO TIME LIMIT"),

@@ -25,6 +25,7 @@ from peftpipe.spec_execution import (  # noqa: F401 - re-exported: spec.py is wh
     memory_text,
     time_limit_s,
 )
+from peftpipe.engines.automodel.spec import AutomodelSpec
 from peftpipe.spec_nemo import NemoSpec
 
 # The registered engines' names (peftpipe/engine_registry.py): a new engine needs no edit here.
@@ -464,9 +465,12 @@ class RunSpec(StrictModel):
     dataset: DatasetSpec = Field(description="The data and how records become prompts.")
     peft: PeftSpec = Field(default_factory=PeftSpec, description="The parameter-efficient method.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Optimisation, batch sizes and attempts.")
-    engine: EngineName = Field("hf", description="hf: transformers + peft; nemo: NeMo 1.x scripts in the"
-                                                           " job's container (see the nemo section).")
+    engine: EngineName = Field(
+        "hf", description="hf: transformers + peft; automodel: NVIDIA NeMo AutoModel's fine-tuning recipe in its own"
+                          " venv or container (see the automodel section); nemo: the legacy NeMo 1.x scripts in a"
+                          " 24.03-24.09 container (see the nemo section).")
     nemo: NemoSpec = Field(default_factory=NemoSpec, description="engine nemo only.")
+    automodel: AutomodelSpec = Field(default_factory=AutomodelSpec, description="engine automodel only.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Local processes or Slurm jobs.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Test-set generation and scores.")
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="The artifact store.")

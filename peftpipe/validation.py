@@ -131,6 +131,9 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     issues += _check_slurm(loaded)
     # The engine's own checks (global batch vs. its data-parallel size, its section of the spec).
     issues += engine.validate(loaded)
+    if spec.engine != "automodel" and "automodel" in spec.model_fields_set:
+        issues.append(SpecIssue("automodel", f"applies to engine automodel, not {spec.engine}",
+                                "remove it or set engine: automodel"))
     if spec.peft.method != "adapter" and "adapter" in spec.peft.model_fields_set:
         issues.append(SpecIssue("peft.adapter", f"applies to method adapter, not {spec.peft.method}", "remove it"))
     return issues

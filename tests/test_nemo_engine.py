@@ -231,3 +231,14 @@ def test_render_batch_scripts_for_both_engines(tmp_path: Path) -> None:
     assert "-m peftpipe.engines.hf.train --config" in hf_script.stdout
     no_convert = runner.invoke(app, ["render", str(hf), "--stage", "convert"])
     assert no_convert.exit_code == 2 and "no convert stage" in no_convert.output
+
+
+@pytest.mark.parametrize("image", ["nvcr.io#nvidia/nemo:25.02", "/shared/images/nemo-24.12.sif"])
+def test_a_container_after_the_last_legacy_release_points_to_automodel(image: str) -> None:
+    found = issues(LLAMA, {"execution.slurm.container.image": image})
+    assert any(line.startswith(f"execution.slurm.container.image: {image} is NeMo Framework")
+               and "Fix: fine-tune with engine: automodel" in line for line in found), found
+
+
+def test_the_legacy_releases_pass_the_release_check() -> None:
+    load(LLAMA, {"execution.slurm.container.image": "/shared/images/nemo-24.09.sif", "nemo.profile": "24.09"})

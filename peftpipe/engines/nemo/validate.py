@@ -7,6 +7,7 @@ job (an AssertionError, an argparse error, ``exit(1)``) or, worse, run with a si
 
 from __future__ import annotations
 
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,25 @@ from peftpipe.engines.nemo.resources import (compute_capability, convert_precisi
 from peftpipe.spec import LoadedSpec, RunSpec, memory_mb, template_fields
 
 
+# The NeMo Framework release in an image name: nvcr.io#nvidia/nemo:24.07, nemo-25.02.sif, nemo_24.09.sif.
+CONTAINER_RELEASE = re.compile(r"nemo[:_-](\d{2})\.(\d{2})")
+LAST_LEGACY_RELEASE = (24, 9)
+
+
+def check_container_release(spec: RunSpec) -> list[SpecIssue]:
+    """A NeMo Framework container after 24.09 runs no script the (legacy) nemo engine renders."""
+    image = spec.execution.slurm.container.image or ""
+    match = CONTAINER_RELEASE.search(image.rsplit("/", 1)[-1])
+    if match is None or (int(match.group(1)), int(match.group(2))) <= LAST_LEGACY_RELEASE:
+        return []
+    return [SpecIssue("execution.slurm.container.image", f"{image} is NeMo Framework {match.group(1)}."
+                      f"{match.group(2)}; the nemo engine renders NeMo 1.x scripts (megatron_gpt_finetuning.py and"
+                      " the HF converters), which the containers after 24.09 no longer run: NeMo 2.x moved to"
+                      " NeMo-Run, the 1.x model classes left nemo_toolkit after 2.5.0 and its NLP collection in 2.6",
+                      "fine-tune with engine: automodel (NVIDIA NeMo AutoModel, the current NeMo fine-tuning; see"
+                      " the automodel section), or name a 24.03-24.09 container")]
+
+
 def check_nemo(loaded: LoadedSpec) -> list[SpecIssue]:
     spec = loaded.spec
     nemo = spec.nemo
@@ -31,6 +51,7 @@ def check_nemo(loaded: LoadedSpec) -> list[SpecIssue]:
         issues.append(SpecIssue("execution.backend", "the nemo engine runs NeMo's scripts in Slurm jobs, inside"
                                 " execution.slurm.container (or a cluster venv), never in this process",
                                 "set execution.backend: slurm"))
+    issues += check_container_release(spec)
     if nemo.profile is None:
         return issues + [SpecIssue("nemo.profile", "is required with engine nemo: it says which NeMo container"
                                    " execution.slurm.container.image holds", f"set one of {', '.join(PROFILES)}")]
