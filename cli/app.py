@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from cli.artifacts import app as artifacts_app
 from cli.comparison import print_base_vs_adapter
 from cli.data import data_app
 from cli.generate import generate
 from cli.render import render
+from cli.runs import runs
+from cli.spec_commands import init, spec_app
 from cli.specs import INVALID_SPEC_EXIT, SetOption, checked_run_id_option, errors, load_or_exit, parse_overrides
 
 app = typer.Typer(help="Parameter-efficient fine-tuning pipelines for Slurm clusters.", no_args_is_help=True)
@@ -24,6 +25,9 @@ app.add_typer(data_app, name="data")
 app.command()(render)
 app.command()(generate)
 app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(spec_app, name="spec")
+app.command()(init)
+app.command()(runs)
 console = Console()
 FAILED_EXIT = 1
 
@@ -56,55 +60,34 @@ def run(
     overrides = parse_overrides(set_)
     run_id = checked_run_id_option(run_id)
     loaded = load_or_exit(spec, overrides)
+    from cli.run_summary import print_summary, resume_command
     from flows.finetune import finetune
     from flows.report import flow_run_url, stage_rows
     from peftpipe.interrupts import remembered_interrupts
     from peftpipe.stages import new_run_id
 
     run_id = run_id or new_run_id(loaded.spec.name)
-    with remembered_interrupts():
-        state = finetune(spec_path=str(spec.resolve()), run_id=run_id, overrides=overrides, return_state=True)
+    try:
+        with remembered_interrupts():
+            state = finetune(spec_path=str(spec.resolve()), run_id=run_id, overrides=overrides, return_state=True)
+    except KeyboardInterrupt:
+        errors.print(f"interrupted: run {run_id} stopped (its jobs are cancelled). Resume it from its latest"
+                     f" checkpoint with:\n  {resume_command(spec, run_id, set_)}", markup=False, highlight=False,
+                     soft_wrap=True)
+        raise typer.Exit(130) from None
     flow_run_id = state.state_details.flow_run_id
     result = state.result(raise_on_failure=False)
     summary = result if isinstance(result, dict) else {}
-    table = Table(title=f"peftpipe run {run_id}: {state.name}")
-    for column in ("stage", "status", "duration", "key figures"):
-        table.add_column(column)
-    for row in stage_rows(flow_run_id):
-        duration = f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"
-        table.add_row(row.name, row.state, duration, _key_figures(row.name, summary))
-    console.print(table)
+    print_summary(console, f"peftpipe run {run_id}: {state.name}", stage_rows(flow_run_id), summary)
     print_base_vs_adapter(console, summary.get("metrics") or {})
-    console.print(f"run directory: {summary.get('run_dir', '-')}")
-    console.print(f"manifest: {summary.get('manifest_url', '-')}")
     console.print(f"Prefect UI: {flow_run_url(flow_run_id)}")
     if not os.environ.get("PREFECT_API_URL"):
         console.print("(local ephemeral API: run `prefect server start` to browse this run in the UI)")
     if not state.is_completed():
         errors.print(f"[bold red]run failed:[/] {result}", markup=True, highlight=False)
+        errors.print(f"resume it with: {resume_command(spec, run_id, set_)}", markup=False, highlight=False,
+                     soft_wrap=True)
         raise typer.Exit(1)
-
-
-def _key_figures(task_name: str, summary: dict[str, Any]) -> str:
-    if not summary:
-        return ""
-    stage = task_name.split("-attempt")[0]
-    if stage == "fetch-model":
-        model = summary["model"]
-        return f"{model['repo_id'] or 'local'} @ {(model['commit_sha'] or '-')[:12]}"
-    if stage == "prepare-data":
-        counts = summary["data"]["counts"]
-        return " / ".join(f"{k} {v}" for k, v in counts.items())
-    if stage == "finetune":
-        train = summary["train"]
-        resumed = f", resumed from {train['resumed_from_step']}" if train["resumed_from_step"] else ""
-        return f"step {train['final_step']}, loss {train['final_loss']:.4f}{resumed}"
-    if stage == "evaluate":
-        m = summary["metrics"]
-        return ", ".join(f"{k} {m[k]:.3f}" for k in ("exact_match", "exact_match_normalized", "f1", "loss") if k in m)
-    if stage == "publish":
-        return f"{summary['objects']} objects + manifest"
-    return ""
 
 
 @app.command()

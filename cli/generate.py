@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.specs import errors, load_or_exit
+from cli.specs import checked_run_id_option, errors, load_or_exit
 
 
 def generate(
@@ -27,6 +27,7 @@ def generate(
 
     from peftpipe.engines import engine_for
 
+    run_id = checked_run_id_option(run_id)  # a path from outside: refused before any store is touched
     loaded = load_or_exit(spec, {})
     engine = engine_for(loaded.spec.engine)
     if not hasattr(engine, "answer"):

@@ -15,17 +15,21 @@ from peftpipe.results import TrainResult
 from peftpipe.retry import AttemptSettings
 from peftpipe.slurm.attempt_history import resumed_attempt
 from peftpipe.spec import LoadedSpec
+from peftpipe.train_metrics import last_logged
 from tasks.finetune import finetune
+from flows.training_chart import LiveTrainingChart
 
 __all__ = ["FinetuneGaveUp", "finetune_with_retries"]
 
 
 def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
-                          micro_batch_size: int | None = None) -> TrainResult:
+                          micro_batch_size: int | None = None,
+                          records_out: list[AttemptRecord] | None = None) -> TrainResult:
     """Run attempts until one completes; after each failure, diagnose it and ask the policy what next.
 
     The per-rank batch is global / the engine's data-parallel size (hf: every GPU; nemo: GPUs /
     (TP x PP)). The preflight memory model sizes attempt 1 only for engines it describes.
+    ``records_out`` receives one row per attempt (its own last step and loss) for the summary.
     """
     logger = get_run_logger()
     spec = loaded.spec
@@ -43,12 +47,28 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
             if checked is not None:
                 logger.info(checked.describe())
                 micro_batch_size = checked.micro_batch_size
+    records: list[AttemptRecord] = records_out if records_out is not None else []
+
+    def remember(latest: list[AttemptRecord]) -> None:
+        records[:] = latest
+
     first = first_attempt(spec, micro_batch_size, resumed_attempt(loaded, paths, "finetune", logger.warning))
-    return run_attempts(spec, first, run_one, on_records=_publish_attempts,
-                        log=logger.warning, estimate_gib=estimator, data_parallel=engine.data_parallel_size(spec))
+    # About 20 redraws over a run, whatever its length.
+    chart = LiveTrainingChart(paths, spec.train.max_steps, spec.name, every_steps=spec.train.max_steps // 20)
+    try:
+        with chart:
+            return run_attempts(spec, first, run_one, on_records=remember,
+                                log=logger.warning, estimate_gib=estimator,
+                                data_parallel=engine.data_parallel_size(spec),
+                                last_logged=lambda: last_logged(paths.train_metrics_file))
+    finally:
+        # Once, when the attempts are over: an artifact created after every attempt showed up as
+        # one card per attempt on the flow run's page.
+        if records:
+            _publish_attempts(records)
 
 
 def _publish_attempts(records: list[AttemptRecord]) -> None:
     """One table (and key) for every engine, so a person finds it in one place."""
     create_table_artifact([record.as_row() for record in records], key="finetune-attempts",
-                          description="Fine-tune attempts: diagnosis, settings and Slurm job of each")
+                          description="Fine-tune attempts: diagnosis, settings, Slurm job, last step and loss of each")

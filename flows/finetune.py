@@ -19,6 +19,7 @@ from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
 from flows.baseline import baseline_wanted, publish_baseline_artifact
+from flows.runs_table import publish_runs_table
 from flows.ui_artifacts import publish_run_artifacts
 from peftpipe.engines import engine_for
 from tasks.evaluate import evaluate
@@ -134,11 +135,17 @@ def _run_stages(loaded: LoadedSpec, paths: RunPaths, run_id: str) -> dict[str, A
     data = prepare_data(loaded, paths)
     if "convert" in engine_for(loaded.spec.engine).stages:
         prepare_engine(loaded, paths, fetched)
-    trained = finetune_with_retries(loaded, paths, fetched.path)
+    attempts: list = []
+    trained = finetune_with_retries(loaded, paths, fetched.path, records_out=attempts)
     metrics = evaluate(loaded, paths, fetched.path)
     manifest = publish(loaded, paths, run_id, fetched, data, metrics)
     publish_run_artifacts(paths, metrics, manifest)
     publish_baseline_artifact(metrics)
+    publish_runs_table(loaded)
+    adapter_url = manifest["manifest_url"].rsplit("/", 1)[0] + "/adapter/"
+    # The last line of the run's log: what `prefect deployment run --watch` and the UI's log show at the end.
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    get_run_logger().info("run %s finished: %s; adapter %s", run_id, scores, adapter_url)
     return {
         "run_id": run_id,
         "run_dir": str(paths.root),
@@ -148,5 +155,7 @@ def _run_stages(loaded: LoadedSpec, paths: RunPaths, run_id: str) -> dict[str, A
                   "resumed_from_step": trained.resumed_from_step, "wall_time_s": trained.wall_time_s},
         "metrics": metrics,
         "manifest_url": manifest["manifest_url"],
+        "adapter_url": adapter_url,
         "objects": len(manifest["objects"]),
+        "attempts": [record.as_row() for record in attempts],
     }

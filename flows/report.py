@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -18,11 +19,26 @@ class StageRow:
     duration_s: float | None
 
 
-def stage_rows(flow_run_id: UUID) -> list[StageRow]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC
-        )
+FINAL_STATES_WAIT_S = 30.0
+
+
+def stage_rows(flow_run_id: UUID, wait_s: float = FINAL_STATES_WAIT_S) -> list[StageRow]:
+    """The flow run's task runs in start order, each in its final state.
+
+    Task run states reach the API as events, recorded by the server a moment later: read right
+    after the flow returned, the last stages still showed Running or no state in a Completed
+    run. So this reads again (up to ``wait_s``) until every task run's state is final.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            )
+        if all(run.state is not None and run.state.is_final() for run in runs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     return [
         StageRow(
             run.name,

@@ -14,6 +14,7 @@ from peftpipe.leakage import TestOverlap, check_overlap
 from peftpipe.promotion import is_better, promote, read_last_retune, read_promoted, record_retune
 from flows.evaluate import evaluate_adapter
 from flows.finetune import DEFAULT_SPEC, finetune, load_or_log
+from flows.runs_table import publish_runs_table
 from flows.store import artifact_store
 from tasks.prepare_data import prepare_data
 
@@ -85,6 +86,7 @@ def retune(spec_path: str = DEFAULT_SPEC, overrides: dict[str, Any] | None = Non
                if better else f"kept {pointer['run_id']}: {metric} {incumbent_value:.4f}, new {candidate:.4f}")
     logger.info(verdict)
     create_markdown_artifact(f"tuned: {verdict}", key="retune-decision", description="What this re-tune did")
+    publish_runs_table(loaded)  # every run of the spec, this one and the promoted one marked
     return {"action": "tuned", "run_id": run_id, "promoted": better, "metric": metric, "candidate": candidate,
             "incumbent": incumbent_value, "fingerprint": fingerprint}
 

@@ -38,6 +38,8 @@ class AttemptRecord:
     resubmitted_after_s: float | None  # from the previous attempt's failure line to this start
     estimated_gib: float | None = None  # the preflight estimate per GPU for these settings
     measured_peak_gib: float | None = None  # what the training script measured (completed attempts)
+    last_step: int | None = None  # the last optimizer step this attempt logged (None: it logged none)
+    last_loss: float | None = None  # that step's training loss
 
     def as_row(self) -> dict[str, object]:
         return asdict(self)
@@ -66,11 +68,13 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
                  on_records: Callable[[list[AttemptRecord]], None] = lambda records: None,
                  log: Callable[[str], None] = print,
                  estimate_gib: Callable[[int, bool], float] | None = None,
-                 data_parallel: int | None = None) -> TrainResult:
+                 data_parallel: int | None = None,
+                 last_logged: Callable[[], tuple[int, float] | None] = lambda: None) -> TrainResult:
     """Run attempts until one completes, each resuming from the run's latest checkpoint.
 
     ``data_parallel`` is the number of ranks the global batch is split over; default the hf
-    engine's (every GPU). The nemo engine passes GPUs / (TP x PP).
+    engine's (every GPU). The nemo engine passes GPUs / (TP x PP). ``last_logged`` reads the
+    (step, loss) a failed attempt logged last, before the next attempt rewinds the log.
     """
     train = spec.train
     data_parallel = data_parallel or train.data_parallel_size
@@ -96,7 +100,10 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
             decision = next_attempt(diagnosis, settings, train.global_batch_size, data_parallel,
                                     train.max_attempts, memory_limit_mb(spec), failed_nodes=split_nodes(outcome.nodes))
+            logged = last_logged()
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
+                                         last_step=logged[0] if logged else None,
+                                         last_loss=logged[1] if logged else None,
                                          evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
                                          duration_s=round(time.monotonic() - started, 1),
                                          resubmitted_after_s=_latency(failure_seen_at, outcome.started_at)))
@@ -116,7 +123,9 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
                                      resubmitted_after_s=_latency(failure_seen_at, result.started_at),
                                      # NaN: the engine does not report it (nemo); the table says unknown.
                                      measured_peak_gib=round(result.peak_memory_gib, 2)
-                                     if math.isfinite(result.peak_memory_gib) else None))
+                                     if math.isfinite(result.peak_memory_gib) else None,
+                                     last_step=result.final_step,
+                                     last_loss=result.final_loss if math.isfinite(result.final_loss) else None))
         on_records(records)
         return result
 

@@ -35,19 +35,26 @@ EngineName = Literal[tuple(ENGINES)]  # type: ignore[valid-type]
 class ModelSource(StrictModel):
     """Where the base model comes from: a Hub repository or a local directory."""
 
-    repo_id: str | None = Field(None, description="Hugging Face Hub repository, e.g. meta-llama/Llama-3.2-1B.")
-    revision: str = Field("main", description="Branch, tag or commit sha; the resolved sha is recorded.")
-    path: str | None = Field(None, description="Local directory with config.json and weights (instead of repo_id).")
+    repo_id: str | None = Field(None, description="Hugging Face Hub repository, e.g. meta-llama/Llama-3.2-1B.",
+                                  examples=["Qwen/Qwen2.5-0.5B"])
+    revision: str = Field("main", description="Branch, tag or commit sha; the resolved sha is recorded.",
+                          examples=["v1.0"])
+    path: str | None = Field(None, description="Local directory with config.json and weights (instead of repo_id);"
+                              " relative to the spec file.", examples=["/scratch/models/Llama-3.2-1B"])
     endpoint: str | None = Field(
-        None, description="Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co."
+        None, description="Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co.",
+        examples=["https://hf-mirror.example.org"],
     )
-    cache_dir: str | None = Field(None, description="Download cache on the cluster file system.")
+    cache_dir: str | None = Field(None, description="Download cache on the cluster file system; default: the"
+                                   " Hugging Face cache (HF_HOME).", examples=["/shared/hf-cache"])
     timeout_s: float = Field(60.0, gt=0, description="Longest wait for any answer from the Hub (metadata"
-                                                     " call, tree listing, each read of a download).")
+                                                     " call, tree listing, each read of a download).",
+                             examples=[120])
     token_secret: str | None = Field(
         "hf-token",
         description="Prefect Secret block holding the Hub token (for gated or private repos); if no such"
         " block exists, HF_TOKEN in the worker's environment is used. Never put the token itself in a spec.",
+        examples=["hf-token-lab"],
     )
 
     @field_validator("repo_id")
@@ -136,7 +143,7 @@ class PubmedqaOptions(StrictModel):
     )
     ground_truth: str | None = Field(
         None, description="test_ground_truth.json (PMID -> label) for a test set without labels; default: "
-        "test_ground_truth.json next to the test file, if present."
+        "test_ground_truth.json next to the test file, if present.", examples=["pubmedqa/test_ground_truth.json"],
     )
 
 
@@ -147,10 +154,12 @@ class FieldMapping(StrictModel):
     names one field.
     """
 
-    input: str = Field(description="Template or field name for `input`, e.g. \"{question}\\n{context}\".")
-    output: str = Field(description="Template or field name for `output`, e.g. answer.")
+    input: str = Field(description="Template or field name for `input`, e.g. \"{question}\\n{context}\".",
+                       examples=["{question}\n{context}"])
+    output: str = Field(description="Template or field name for `output`, e.g. answer.", examples=["answer"])
     metadata: list[str] | None = Field(
-        None, description="Source fields kept as metadata keys; default: every field the mapping does not use."
+        None, description="Source fields kept as metadata keys; default: every field the mapping does not use.",
+        examples=[["id"]],
     )
 
     @field_validator("input", "output")
@@ -183,10 +192,12 @@ class DatasetSpec(StrictModel):
         description="squad (SQuAD v1.1), squad2 (SQuAD v2.0), pubmedqa (PubMedQA JSON keyed by PMID), jsquad "
         "(JGLUE JSQuAD), jsonl, json (array of objects) or csv (also TSV)."
     )
-    path: str | None = Field(None, description="One file, split by `split` with `train.seed`.")
-    train: str | None = Field(None, description="Training file (instead of path).")
-    validation: str | None = Field(None, description="Validation file (with train).")
-    test: str | None = Field(None, description="Test file (with train).")
+    path: str | None = Field(None, description="One file, split by `split` with `train.seed`.",
+                              examples=["data/squad-v1.1.json"])
+    train: str | None = Field(None, description="Training file (instead of path).", examples=["data/train.jsonl"])
+    validation: str | None = Field(None, description="Validation file (with train).",
+                                    examples=["data/validation.jsonl"])
+    test: str | None = Field(None, description="Test file (with train).", examples=["data/test.jsonl"])
     split: Split = Field(default_factory=Split, description="Held-out fractions when `path` is one file.")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first bad record; skip: leave it out and list it in stats.json."
@@ -195,17 +206,20 @@ class DatasetSpec(StrictModel):
         None,
         description="How a SQuAD, JSQuAD or PubMedQA record becomes `input` (keys: context, question, and title or "
         "pmid); default: the format's template.",
+        examples=["Context: {context}\nQuestion: {question}"],
     )
     prompt_template: str = Field(
         "{input}\nAnswer: {output}",
         description="NeMo-style prompt over record keys; `{output}` must come last.",
+        examples=["### Question\n{input}\n### Answer\n{output}"],
     )
     fields: FieldMapping | None = Field(
         None, description="jsonl, json, csv: how records become input/output; unset: records already have "
         "input and output (NeMo JSONL), checked and passed through."
     )
     delimiter: str | None = Field(
-        None, min_length=1, max_length=1, description="csv: the field delimiter; default: tab for .tsv, comma otherwise."
+        None, min_length=1, max_length=1, description="csv: the field delimiter; default: tab for .tsv, comma otherwise.",
+        examples=[";"],
     )
     squad2: Squad2Options = Field(default_factory=Squad2Options, description="squad2 only.")
     jsquad: JsquadOptions = Field(default_factory=JsquadOptions, description="jsquad only.")
@@ -213,7 +227,7 @@ class DatasetSpec(StrictModel):
     cache: bool = Field(True, description="Reuse a prepared copy when inputs and options are unchanged.")
     cache_dir: str | None = Field(
         None, description="Prepared datasets, keyed by a fingerprint of inputs and options; default: "
-        "<workdir>/data-cache (relative to the working directory)."
+        "<workdir>/data-cache (relative to the working directory).", examples=["/shared/peftpipe-data-cache"],
     )
 
     @field_validator("prompt_template")
@@ -247,9 +261,11 @@ def _names_or_auto(value: object) -> object:
 
 
 class LoraSpec(StrictModel):
+    """LoRA (peft.method: lora): low-rank update matrices added to the target projections."""
+
     r: int = Field(8, gt=0, description="Rank of the update matrices.")
     alpha: float = Field(16.0, gt=0, description="Scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch's input.", examples=[0.05])
     target_modules: TargetModules = Field(
         "auto",
         min_length=1,
@@ -257,6 +273,7 @@ class LoraSpec(StrictModel):
         " of the model's family (q/k/v/o + gate/up/down for Llama, query_key_value/dense/dense_h_to_4h/"
         "dense_4h_to_h for GPT-NeoX, c_attn/c_proj/c_fc for GPT-2), found by inspecting the model; the run"
         " records the names chosen.",
+        examples=[["q_proj", "k_proj", "v_proj", "o_proj"]],
     )
 
     @field_validator("target_modules", mode="before")
@@ -266,11 +283,14 @@ class LoraSpec(StrictModel):
 
 
 class Ia3Spec(StrictModel):
+    """IA3 (peft.method: ia3): learned vectors that rescale the target modules' activations."""
+
     target_modules: TargetModules = Field(
         "auto", min_length=1, description="auto: the key and value projections (or the fused q/k/v) and the MLP's"
-        " down projection, found by inspecting the model.")
+        " down projection, found by inspecting the model.", examples=[["query_key_value", "dense_4h_to_h"]])
     feedforward_modules: TargetModules = Field(
-        "auto", description="Subset of target_modules scaled on their input; auto: the MLP's down projection."
+        "auto", description="Subset of target_modules scaled on their input; auto: the MLP's down projection.",
+        examples=[["dense_4h_to_h"]],
     )
 
     @field_validator("target_modules", "feedforward_modules", mode="before")
@@ -280,7 +300,9 @@ class Ia3Spec(StrictModel):
 
 
 class PtuningSpec(StrictModel):
-    num_virtual_tokens: int = Field(10, gt=0)
+    """P-tuning (peft.method: ptuning): virtual prompt tokens produced by a small encoder."""
+
+    num_virtual_tokens: int = Field(10, gt=0, description="Virtual tokens prepended to every prompt.")
     encoder_hidden_size: int = Field(128, gt=0, description="Hidden size of the prompt encoder MLP.")
 
 
@@ -288,10 +310,11 @@ class AdapterSpec(StrictModel):
     """NeMo's parallel adapter (peft.method: adapter; nemo engine only)."""
 
     dim: int = Field(32, gt=0, description="Bottleneck dimension (adapter_tuning.adapter_dim).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the adapter.")
     norm_position: Literal["pre", "post"] = Field("pre", description="Where the adapter's layer norm sits.")
     # NeMo's YAML also names linear_adapter, but no 1.x peft_config.py reads `type`: it is always parallel.
-    type: Literal["parallel_adapter"] = "parallel_adapter"
+    type: Literal["parallel_adapter"] = Field("parallel_adapter", description="The adapter kind; NeMo 1.x"
+                                              " only builds the parallel adapter.")
 
 
 PeftMethod = Literal["lora", "ia3", "ptuning", "adapter"]
@@ -300,32 +323,43 @@ PeftMethod = Literal["lora", "ia3", "ptuning", "adapter"]
 class PeftSpec(StrictModel):
     """The parameter-efficient method; only the block of the chosen method is used."""
 
-    method: PeftMethod = "lora"
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    ia3: Ia3Spec = Field(default_factory=Ia3Spec)
-    ptuning: PtuningSpec = Field(default_factory=PtuningSpec)
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    method: PeftMethod = Field("lora", description="lora, ia3, ptuning (hf and nemo engines) or adapter (nemo"
+                                                    " only).")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="Settings of method lora.")
+    ia3: Ia3Spec = Field(default_factory=Ia3Spec, description="Settings of method ia3.")
+    ptuning: PtuningSpec = Field(default_factory=PtuningSpec, description="Settings of method ptuning.")
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec, description="Settings of method adapter (nemo).")
 
 
 class TrainSpec(StrictModel):
     """Optimisation settings; micro_batch_size may change between attempts, the rest may not."""
 
-    global_batch_size: int = Field(8, gt=0)
-    micro_batch_size: int = Field(4, gt=0)
-    max_steps: int = Field(100, gt=0)
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    max_seq_length: int = Field(512, gt=0)
+    global_batch_size: int = Field(8, gt=0, description="Records per optimizer step over all ranks; kept by OOM"
+                                                       " retries.", examples=[32])
+    micro_batch_size: int = Field(4, gt=0, description="Records per forward pass per rank; global_batch_size must be"
+                                                      " a multiple of it x data-parallel ranks (gradient"
+                                                      " accumulation covers the rest). Lowered on GPU OOM.",
+                                  examples=[2])
+    max_steps: int = Field(100, gt=0, description="Optimizer steps to train.", examples=[1000])
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.", examples=[3e-4])
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.", examples=[0.01])
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up from 0 to learning_rate.",
+                              examples=[50])
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning rate after warm-up: constant, linear decay to 0, or cosine decay to 0."
+    )
+    max_seq_length: int = Field(512, gt=0, description="Tokens per row; longer records are truncated (see"
+                                                       " `peftpipe data stats`).", examples=[2048])
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 elsewhere."
     )
-    seed: int = 1234
+    seed: int = Field(1234, description="Seed of the dataset split, data order and adapter initialisation.",
+                      examples=[42])
     checkpoint_every: int = Field(50, gt=0, description="Save a resumable checkpoint every N optimizer steps.")
     devices: int = Field(1, gt=0, description="GPUs (or processes) per node; data-parallel ranks.")
-    num_nodes: int = Field(1, gt=0)
-    activation_checkpointing: bool = False
+    num_nodes: int = Field(1, gt=0, description="Nodes of a Slurm job; data-parallel ranks = devices x num_nodes.")
+    activation_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less"
+                                                              " memory, about a third more compute.")
     preflight: bool = Field(True, description="Before the first attempt, lower micro_batch_size to the largest"
                                               " divisor predicted to fit in GPU memory (micro_batch_size is an"
                                               " upper bound).")
@@ -344,21 +378,27 @@ MetricName = Literal["exact_match", "exact_match_normalized", "f1", "loss", "acc
 
 
 class EvaluationSpec(StrictModel):
+    """Generation on the test split and its scores."""
+
     metrics: list[MetricName] = Field(
         default_factory=lambda: ["exact_match", "exact_match_normalized", "f1", "loss", "accuracy", "macro_f1"],
-        min_length=1, description="accuracy and macro_f1 are computed for label tasks only (see labels).")
+        min_length=1, description="accuracy and macro_f1 are computed for label tasks only (see labels).",
+        examples=[["exact_match_normalized", "f1"]])
     labels: list[str] | None = Field(
         None, description="The closed answer set of a label task (e.g. [yes, no, maybe]); unset: detected when "
-        "the test answers are a few one-word labels, and [yes, no, maybe] for pubmedqa.")
-    tokens_to_generate: int = Field(32, gt=0)
-    greedy: bool = True
-    batch_size: int = Field(8, gt=0)
-    max_records: int | None = Field(None, gt=0, description="Evaluate only the first N test records.")
+        "the test answers are a few one-word labels, and [yes, no, maybe] for pubmedqa.",
+        examples=[["yes", "no", "maybe"]])
+    tokens_to_generate: int = Field(32, gt=0, description="Maximum new tokens generated per test record.",
+                                    examples=[64])
+    greedy: bool = Field(True, description="Greedy decoding; false samples (nemo: see nemo.generation).")
+    batch_size: int = Field(8, gt=0, description="Test records generated at once.", examples=[16])
+    max_records: int | None = Field(None, gt=0, description="Evaluate only the first N test records.",
+                                    examples=[500])
     select_metric: MetricName = Field(
         "f1", description="What a re-tune compares to decide on promotion (loss: lower is better).")
     baseline: bool | None = Field(
         None, description="Also score the base model without the adapter on the same test records and report "
-        "base vs adapter; unset: on for the first run of a spec and for every re-tune.")
+        "base vs adapter; unset: on for the first run of a spec and for every re-tune.", examples=[False])
     test_overlap: Literal["error", "warn"] = Field(
         "error", description="When a re-tune's test records were training records of the new or the promoted "
         "adapter (by content fingerprint): error refuses the comparison, warn reports it and compares anyway.")
@@ -372,9 +412,11 @@ class S3StoreSpec(StrictModel):
     """How to reach an ``s3://`` store; credentials never go here, only the name of the block holding them."""
 
     endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:8333; default: the block's, else AWS."
+        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:8333; default: the block's, else AWS.",
+        examples=["http://127.0.0.1:8333"],
     )
-    region: str | None = Field(None, description="Region name; default: the block's or the AWS environment's.")
+    region: str | None = Field(None, description="Region name; default: the block's or the AWS environment's.",
+                               examples=["us-east-1"])
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="path for most S3-compatible servers (bucket in the path, not the host name)."
     )
@@ -389,13 +431,17 @@ class S3StoreSpec(StrictModel):
         None,
         description="prefect-aws block with the credentials: NAME (an AwsCredentials block) or"
         " SLUG/NAME (aws-credentials, minio-credentials or s3-bucket); default: the AWS environment.",
+        examples=["seaweed"],
     )
 
 
 class ArtifactsSpec(StrictModel):
+    """Where a run's outputs are stored, each with its sha256 in the run's manifest."""
+
     store: str = Field(
         "file://runs/artifacts",
         description="file://DIR (relative to the working directory) or s3://BUCKET/PREFIX.",
+        examples=["s3://peftpipe/runs"],
     )
     s3: S3StoreSpec = Field(default_factory=S3StoreSpec, description="Settings of an s3:// store.")
 
@@ -417,21 +463,22 @@ class ArtifactsSpec(StrictModel):
 class RunSpec(StrictModel):
     """Everything one fine-tuning run needs, validated before anything starts."""
 
-    name: str = Field(description="Human name of the run; run ids start with it.")
-    model: ModelSource
-    dataset: DatasetSpec
-    peft: PeftSpec = Field(default_factory=PeftSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
+    name: str = Field(description="Human name of the run; run ids start with it.", examples=["llama-squad-lora"])
+    model: ModelSource = Field(description="The base model (repo_id or path).")
+    dataset: DatasetSpec = Field(description="The data and how records become prompts.")
+    peft: PeftSpec = Field(default_factory=PeftSpec, description="The parameter-efficient method.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Optimisation, batch sizes and attempts.")
     engine: EngineName = Field(
         "hf", description="hf: transformers + peft; automodel: NVIDIA NeMo AutoModel's fine-tuning recipe in its own"
                           " venv or container (see the automodel section); nemo: the legacy NeMo 1.x scripts in a"
                           " 24.03-24.09 container (see the nemo section).")
     nemo: NemoSpec = Field(default_factory=NemoSpec, description="engine nemo only.")
     automodel: AutomodelSpec = Field(default_factory=AutomodelSpec, description="engine automodel only.")
-    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
-    workdir: str = Field("runs", description="Where run directories are created (relative to the working directory).")
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Local processes or Slurm jobs.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Test-set generation and scores.")
+    artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="The artifact store.")
+    workdir: str = Field("runs", description="Where run directories are created (relative to the working directory).",
+                         examples=["/scratch/peftpipe-runs"])
 
     @field_validator("name")
     @classmethod

@@ -29,7 +29,7 @@ class AutomodelSpec(StrictModel):
     venv: str | None = Field(
         None, description="A venv with nemo-automodel installed (scripts/setup_automodel.sh makes one); relative to"
                           " the spec file. Not used when execution.slurm.container runs a container image (its"
-                          " `python` is AutoModel's then)."
+                          " `python` is AutoModel's then).", examples=[".venv-automodel"],
     )
     device: Literal["cuda", "cpu"] = Field(
         "cuda", description="What the ranks compute on: cuda (GPUs, NCCL; precision auto is bf16) or cpu (gloo;"

@@ -44,28 +44,33 @@ class ContainerSpec(StrictModel):
                             " pyxis: `srun --container-image`."
     )
     image: str | None = Field(None, description="A .sif file (singularity) or a registry image such as"
-                                                 " nvcr.io#nvidia/nemo:24.03 (pyxis).")
+                                                 " nvcr.io#nvidia/nemo:24.03 (pyxis).",
+                              examples=["/shared/images/nemo-24.03.sif"])
     mounts: list[str] = Field(default_factory=list, description="SRC[:DST] paths to bind; the run directory and"
-                                                                " the model are bound automatically.")
-    python: str = Field("python", description="The Python interpreter inside the container.")
+                                                                " the model are bound automatically.",
+                                  examples=[["/scratch/models"]])
+    python: str = Field("python", description="The Python interpreter inside the container.",
+                        examples=["python3"])
 
 
 class SlurmSpec(StrictModel):
     """Per-cluster job settings; the GPU count per node and the node count come from `train`."""
 
-    partition: str | None = Field(None, description="Partition (-p); default: the cluster's default partition.")
-    account: str | None = Field(None, description="Account to charge (-A).")
-    qos: str | None = Field(None, description="Quality of service (--qos).")
-    time_limit: str = Field("04:00:00", description="Wall time per job, [D-]HH:MM:SS.")
-    mem: str = Field("32G", description="Host memory per node, e.g. 64G or 4000M.")
+    partition: str | None = Field(None, description="Partition (-p); default: the cluster's default partition.",
+                                   examples=["gpu"])
+    account: str | None = Field(None, description="Account to charge (-A).", examples=["nlp-lab"])
+    qos: str | None = Field(None, description="Quality of service (--qos).", examples=["normal"])
+    time_limit: str = Field("04:00:00", description="Wall time per job, [D-]HH:MM:SS.", examples=["1-00:00:00"])
+    mem: str = Field("32G", description="Host memory per node, e.g. 64G or 4000M.", examples=["64G"])
     max_mem: str | None = Field(None, description="The partition's memory per node: an out-of-host-memory retry"
-                                                  " may raise `mem` up to this once.")
+                                                  " may raise `mem` up to this once.", examples=["256G"])
     cpus_per_task: int = Field(8, gt=0, description="CPU cores per task (data loading, tokenisation).")
     gpu_type: str | None = Field(None, description="GPU type in the cluster's gres names, e.g. h100"
-                                                   " (--gres=gpu:h100:N); default: any GPU (--gpus-per-node).")
+                                                   " (--gres=gpu:h100:N); default: any GPU (--gpus-per-node).",
+                                    examples=["h100"])
     gpu_memory_gb: float = Field(80.0, gt=0, description="Memory of one GPU of that type, for the preflight"
                                                          " memory estimate.")
-    constraint: str | None = Field(None, description="Node features (--constraint).")
+    constraint: str | None = Field(None, description="Node features (--constraint).", examples=["ib&h100"])
     launcher: Literal["torchrun", "srun"] = Field(
         "torchrun", description="torchrun: one task per node running torchrun; srun: one task per GPU."
     )
@@ -77,9 +82,10 @@ class SlurmSpec(StrictModel):
                                                              " up (the job is never cancelled for that).")
     gpu_job_limit: str = Field("peftpipe-gpu-jobs", description="Name of the Prefect global concurrency limit"
                                                                 " that caps GPU jobs in the queue.")
-    container: ContainerSpec = Field(default_factory=ContainerSpec)
+    container: ContainerSpec = Field(default_factory=ContainerSpec, description="The container jobs run in.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every job (never"
-                                                                  " secrets: those stay with the flow).")
+                                                                  " secrets: those stay with the flow).",
+                                examples=[{"NCCL_DEBUG": "WARN"}])
 
     @field_validator("mem", "max_mem")
     @classmethod
@@ -109,9 +115,12 @@ class SlurmSpec(StrictModel):
 
 
 class ExecutionSpec(StrictModel):
+    """Where the fine-tune and evaluate stages run."""
+
     backend: Literal["local", "slurm"] = Field(
         "local", description="Where the fine-tune and evaluate stages run: local subprocesses or Slurm jobs."
     )
-    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="Job settings (backend slurm).")
     slurm_block: str | None = Field(None, description="Name of a Slurm Cluster block (blocks/slurm_cluster.py)"
-                                                      " whose settings are defaults under execution.slurm.")
+                                                      " whose settings are defaults under execution.slurm.",
+                                    examples=["lab-cluster"])

@@ -31,7 +31,8 @@ class NemoConvertSpec(StrictModel):
     gpus: int = Field(0, ge=0, le=1, description="0: convert on a CPU node (llama, mistral, mixtral, qwen2 then write"
                                                  " fp16 when bf16 is asked); 1: on one GPU.")
     mem: str | None = Field(None, description="Host memory for the job; default: an estimate of an fp32 load of the"
-                                              " model (about 10 bytes per parameter).")
+                                              " model (about 10 bytes per parameter).",
+                              examples=["160G"])
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -50,11 +51,12 @@ class NemoGenerationSpec(StrictModel):
     """megatron_gpt_generate.py's ``inference.*`` settings; null keeps the profile's default (recorded)."""
 
     repetition_penalty: float | None = Field(
-        None, gt=0, description="null: NeMo's default, 1.2 in 24.03 and 1.0 later; 1.0 means no penalty."
+        None, gt=0, description="null: NeMo's default, 1.2 in 24.03 and 1.0 later; 1.0 means no penalty.",
+        examples=[1.0],
     )
-    top_k: int | None = Field(None, ge=0, description="Sampling only (evaluation.greedy: false).")
-    top_p: float | None = Field(None, gt=0, le=1, description="Sampling only.")
-    temperature: float | None = Field(None, gt=0, description="Sampling only.")
+    top_k: int | None = Field(None, ge=0, description="Sampling only (evaluation.greedy: false).", examples=[50])
+    top_p: float | None = Field(None, gt=0, le=1, description="Sampling only.", examples=[0.9])
+    temperature: float | None = Field(None, gt=0, description="Sampling only.", examples=[0.7])
 
 
 class NemoSpec(StrictModel):
@@ -65,14 +67,16 @@ class NemoSpec(StrictModel):
     )
     root: str = Field("/opt/NeMo", description="The NeMo checkout inside the container (or on a cluster venv's"
                                                " file system) that holds examples/ and scripts/.")
-    nemo_path: str | None = Field(None, description="An existing base .nemo; conversion is skipped.")
+    nemo_path: str | None = Field(None, description="An existing base .nemo; conversion is skipped.",
+                                   examples=["/shared/models/llama2-7b.nemo"])
     tensor_parallel_size: int = Field(1, gt=0, description="model.tensor_model_parallel_size.")
     pipeline_parallel_size: int = Field(1, gt=0, description="model.pipeline_model_parallel_size.")
     sequence_parallel: bool = Field(False, description="Only takes effect with tensor_parallel_size > 1.")
     gpu: str | None = Field(None, description="GPU model for the precision check (v100, a100, h100, ...); default:"
-                                              " execution.slurm.gpu_type.")
+                                              " execution.slurm.gpu_type.", examples=["a100"])
     layer_selection: list[int] | None = Field(
-        None, description="lora, adapter, ia3: 1-based layers that get adapters; null: every layer."
+        None, description="lora, adapter, ia3: 1-based layers that get adapters; null: every layer.",
+        examples=[[1, 2, 3, 4]],
     )
     ptuning_embedding_dim: int = Field(
         1024, gt=0, description="p_tuning.embedding_dim of the prompt encoder (its bottleneck_dim is"
@@ -81,8 +85,9 @@ class NemoSpec(StrictModel):
     pad_to_max_length: bool = Field(False, description="Pad every batch to max_seq_length, so the worst-case memory"
                                                        " shows at step 1 instead of mid-run.")
     early_stopping: bool = Field(True, description="NeMo's early stopping on val_loss (patience 10 validations).")
-    convert: NemoConvertSpec = Field(default_factory=NemoConvertSpec)
-    generation: NemoGenerationSpec = Field(default_factory=NemoGenerationSpec)
+    convert: NemoConvertSpec = Field(default_factory=NemoConvertSpec, description="HF -> .nemo conversion job.")
+    generation: NemoGenerationSpec = Field(default_factory=NemoGenerationSpec,
+                                           description="Generation settings of the evaluate stage.")
 
     @field_validator("profile", mode="before")
     @classmethod

@@ -133,6 +133,18 @@ def broken_cases(work: Path) -> list[tuple[str, list[str]]]:
         ("artifacts promoted", ["broken", *store]),
         ("artifacts promoted", ["../tiny", *store]),
         ("artifacts promoted", ["nobody", *store]),
+        ("spec explain", ["train.no_such_key"]),
+        ("spec explain", ["../../etc"]),
+        ("spec reference", ["--write", str(work / "a-file" / "spec.md")]),
+        ("init", [str(work / "a-file" / "spec.yaml"), "--model", "x/y", "--format", "squad"]),
+        ("init", [str(work / "new.yaml"), "--model", "x/y", "--format", "yaml"]),
+        ("init", [str(spec), "--model", "x/y", "--format", "squad"]),
+        ("runs", ["--spec", missing]),
+        ("runs", ["compare", "fine", "absent", *store]),
+        ("runs", ["compare", "fine", *store]),
+        ("runs", ["--store", "ftp://host/x"]),
+        ("generate", ["../../etc", "--spec", str(spec), "--prompt", "q"]),
+        ("generate", ["absent", "--spec", missing, "--prompt", "q"]),
     ]
 
 

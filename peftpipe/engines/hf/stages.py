@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from peftpipe.attempts import first_attempt
+from peftpipe.charts import CHART_FILE
 from peftpipe.backends import Backend, LineSink, StageCommand, StopRule, backend_for
 from peftpipe.engines.hf import command
 from peftpipe.evaluation import scores, with_baseline
@@ -116,4 +117,7 @@ def run_files(paths: RunPaths) -> dict[str, Path]:
     if (paths.root / "model_layout.json").is_file():  # written by the fetch stage's model check
         files["model_layout.json"] = paths.root / "model_layout.json"
     files.update(paths.attempt_files(("finetune", "evaluate")))
+    chart = paths.finetune_dir / CHART_FILE  # drawn by the flow while training ran
+    if chart.is_file():
+        files[f"finetune/{CHART_FILE}"] = chart
     return files
