@@ -29,10 +29,10 @@ NOT_MERGEABLE = {
     "ptuning": "p-tuning learns virtual prompt tokens fed in front of the input by a prompt encoder; there is no"
                " weight of the base model to fold them into",
 }
-NEMO_LEGACY = ("run {run}: engine nemo (NeMo 1.x) published a .nemo adapter, which is NeMo's own format (Megatron"
+NEMO_LEGACY = ("run {run!r}: engine nemo (NeMo 1.x) published a .nemo adapter, which is NeMo's own format (Megatron"
                " layout, adapter only), not an HF PEFT folder, so it cannot be exported, merged or pushed as one."
                " Fix: use it with NeMo itself (megatron_gpt_generate.py with the base .nemo; `peftpipe artifacts get"
-               " {run} adapter DIR` fetches it), or train with engine hf to get an exportable adapter.")
+               " {run_id} adapter DIR` fetches it), or train with engine hf to get an exportable adapter.")
 
 
 class ExportError(RuntimeError):
@@ -61,7 +61,7 @@ def published_manifest(store: ArtifactStore, run_id: str) -> dict[str, Any]:
         raise ExportError(f"run {run_id!r} has no manifest at {store.url(run_id)}: it is not published (or its"
                           " publish has not finished). Fix: finish the run (peftpipe run --run-id"
                           f" {run_id}), then export it.")
-    raise ExportError(f"run {run_id!r} is not in the artifact store {store.url(run_id).rsplit('/', 2)[0]}."
+    raise ExportError(f"run {run_id!r} is not in the artifact store {store.url(run_id).rstrip('/').rsplit('/', 1)[0]}."
                       " Fix: check the run id (`peftpipe artifacts ls` lists the runs) and --store/--spec.")
 
 
@@ -73,7 +73,7 @@ def check_exportable(run_id: str, manifest: dict[str, Any], merge: bool, engine_
         raise ExportError(f"run {run_id!r}: its manifest holds no spec, so its engine and method are unknown."
                           f" Fix: republish the run (peftpipe run --run-id {run_id}).")
     if spec.get("engine") == "nemo":
-        raise ExportError(NEMO_LEGACY.format(run=run_id), exit_code=2)
+        raise ExportError(NEMO_LEGACY.format(run=run_id, run_id=run_id), exit_code=2)
     try:
         engine = engine_for(str(spec.get("engine", "hf")))
     except (KeyError, ValueError):
