@@ -114,7 +114,7 @@ def test_export_merge_push_and_fetch_back(tmp_path: Path, hub_root: Path, hub_en
 def test_merge_parity_beyond_llama(tmp_path: Path, family: str) -> None:
     """GPT-2's Conv1D projections (fan-in/fan-out transposed) merge to the same logits as base + adapter."""
     from peftpipe.engines import engine_for
-    from peftpipe.export import export_stage
+    from peftpipe.export import ExportError, export_stage
     from peftpipe.tiny_model import build_tiny_model, corpus_from_files
     from tests.conftest import EXAMPLE_DATA
 
@@ -124,6 +124,11 @@ def test_merge_parity_beyond_llama(tmp_path: Path, family: str) -> None:
     store = tmp_path / "store"
     publish_random_adapter(store, "gpt2-run", base, spec, {"repo_id": None, "path": str(base)}, ["c_attn", "c_proj"],
                            tmp_path)
+    # Beyond the tolerance, the export fails with the figure and leaves no merged model behind.
+    with pytest.raises(ExportError, match=r"max \|logit diff\| .* \(tolerance 0, float32\)"):
+        export_stage(open_store(f"file://{store}"), "gpt2-run", tmp_path / "export", engine_for, merge=True,
+                     tolerance=0.0, to_store=False)
+    assert not (tmp_path / "export" / "merged").exists()
     summary = export_stage(open_store(f"file://{store}"), "gpt2-run", tmp_path / "export", engine_for, merge=True)
     assert summary["parity"]["max_abs_logit_diff"] <= 1e-3 and summary["parity"]["generations_equal"]
     config = json.loads((tmp_path / "export" / "merged" / "config.json").read_text())
