@@ -110,9 +110,11 @@ def test_export_merge_push_and_fetch_back(tmp_path: Path, hub_root: Path, hub_en
     assert len(restored) == len(list(merged.iterdir()))
 
 
-@pytest.mark.parametrize("family", ["gpt2"])
-def test_merge_parity_beyond_llama(tmp_path: Path, family: str) -> None:
-    """GPT-2's Conv1D projections (fan-in/fan-out transposed) merge to the same logits as base + adapter."""
+@pytest.mark.parametrize(("family", "targets"), [("gpt2", ["c_attn", "c_proj"]),
+                                                 ("gpt_neox", ["query_key_value", "dense_4h_to_h"])])
+def test_merge_parity_beyond_llama(tmp_path: Path, family: str, targets: list[str]) -> None:
+    """GPT-2's Conv1D projections (fan-in/fan-out transposed) and GPT-NeoX's fused q/k/v merge to the same logits
+    as base + adapter; a merge beyond the tolerance is refused."""
     from peftpipe.engines import engine_for
     from peftpipe.export import ExportError, export_stage
     from peftpipe.tiny_model import build_tiny_model, corpus_from_files
@@ -122,17 +124,16 @@ def test_merge_parity_beyond_llama(tmp_path: Path, family: str) -> None:
     spec = {"name": "tiny", "engine": "hf", "peft": {"method": "lora"},
             "dataset": {"prompt_template": "{input}\nAnswer: {output}"}}
     store = tmp_path / "store"
-    publish_random_adapter(store, "gpt2-run", base, spec, {"repo_id": None, "path": str(base)}, ["c_attn", "c_proj"],
-                           tmp_path)
+    publish_random_adapter(store, "family-run", base, spec, {"repo_id": None, "path": str(base)}, targets, tmp_path)
     # Beyond the tolerance, the export fails with the figure and leaves no merged model behind.
     with pytest.raises(ExportError, match=r"max \|logit diff\| .* \(tolerance 0, float32\)"):
-        export_stage(open_store(f"file://{store}"), "gpt2-run", tmp_path / "export", engine_for, merge=True,
+        export_stage(open_store(f"file://{store}"), "family-run", tmp_path / "export", engine_for, merge=True,
                      tolerance=0.0, to_store=False)
     assert not (tmp_path / "export" / "merged").exists()
-    summary = export_stage(open_store(f"file://{store}"), "gpt2-run", tmp_path / "export", engine_for, merge=True)
+    summary = export_stage(open_store(f"file://{store}"), "family-run", tmp_path / "export", engine_for, merge=True)
     assert summary["parity"]["max_abs_logit_diff"] <= 1e-3 and summary["parity"]["generations_equal"]
     config = json.loads((tmp_path / "export" / "merged" / "config.json").read_text())
-    assert config["model_type"] == "gpt2" and "peft" not in json.dumps(config).lower()
+    assert config["model_type"] == family and "peft" not in json.dumps(config).lower()
 
 
 def test_export_flow_adds_the_export_to_the_run(tmp_path: Path, hub_root: Path, hub_endpoint: str,
