@@ -4,6 +4,8 @@ fault injection."""
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -41,8 +43,13 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
     names = [row.name for row in stage_rows(state.state_details.flow_run_id)]
     finetunes = [n for n in names if n.startswith("finetune")]
     assert finetunes == ["finetune-attempt1-mbs8", "finetune-attempt2-mbs4", "finetune-attempt3-mbs2"]
-    attempts = Artifact.get("finetune-attempts")
-    rows = json.loads(attempts.data)
+    flow_run_id = state.state_details.flow_run_id
+    cards = flow_run_artifacts(flow_run_id)
+    # One card per key on the flow run's page after two retries: the attempts table holds all three.
+    assert [key for key, count in Counter(card.key for card in cards).items() if count > 1] == []
+    attempts = [card for card in cards if card.key == "finetune-attempts"]
+    assert len(attempts) == 1
+    rows = json.loads(attempts[0].data)
     assert [(r["kind"], r["micro_batch_size"], r["gradient_accumulation"]) for r in rows] == [
         ("gpu_oom", 8, 1), ("gpu_oom", 4, 2), ("none", 2, 4)]
     assert rows[0]["evidence"].startswith("torch.OutOfMemoryError: CUDA out of memory.")
@@ -50,6 +57,7 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
         assert all(row["job_id"] for row in rows)
         assert len({row["job_id"] for row in rows}) == 3
         assert rows[1]["resubmitted_after_s"] is not None and rows[1]["resubmitted_after_s"] < 30
+    check_printed_summary(state, backend, tmp_path)
     run = tmp_path / "runs" / f"oom-{backend}" / "finetune"
     assert json.loads((run / "train_summary.json").read_text())["resumed_from_step"] == 5
 
@@ -67,3 +75,43 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
     theirs = load_file(ref / "adapter" / "adapter_model.safetensors")
     for name, tensor in ours.items():
         torch.testing.assert_close(tensor, theirs[name], rtol=1e-3, atol=1e-5)
+
+
+def flow_run_artifacts(flow_run_id):  # noqa: ANN001, ANN201 - a UUID; Prefect's Artifact rows
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+
+
+def check_printed_summary(state, backend: str, tmp_path: Path) -> None:  # noqa: ANN001 - a Prefect State
+    """What `peftpipe run` prints at the end (the same function), kept in test-output/ as evidence."""
+    from rich.console import Console
+
+    from cli.run_summary import print_summary
+    from flows.report import stage_rows
+
+    console = Console(record=True, width=200)
+    summary = state.result()
+    print_summary(console, f"peftpipe run oom-{backend}: {state.name}", stage_rows(state.state_details.flow_run_id),
+                  summary)
+    text = console.export_text()
+    output = Path(__file__).resolve().parents[1] / "test-output"
+    output.mkdir(exist_ok=True)
+    (output / f"oom-retry-{backend}-summary.txt").write_text(text)
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in text.splitlines() if line.startswith("│")}
+    job = r", job \d+" if backend == "slurm" else ""
+    # Each attempt row has its own last step and loss (attempts 1 and 2 fail at step 6, resumed from 5).
+    for name, mbs, accumulation in (("finetune-attempt1-mbs8", 8, 1), ("finetune-attempt2-mbs4", 4, 2)):
+        assert rows[name][0] == "Failed", text
+        assert re.fullmatch(rf"failed \(gpu_oom\) at step 6, loss \d+\.\d{{4}}; mbs {mbs} x accumulation "
+                            rf"{accumulation}{job}", rows[name][2]), text
+    final_loss = summary["train"]["final_loss"]
+    assert re.fullmatch(rf"completed step 10, loss {final_loss:.4f}; mbs 2 x accumulation 4{job}, resumed from 5",
+                        rows["finetune-attempt3-mbs2"][2]), text
+    for stage in ("fetch-model", "prepare-data", "finetune-attempt3-mbs2", "evaluate", "publish"):
+        assert rows[stage][0] == "Completed", text
+    assert state.name == "Completed" and "metrics (test split): exact_match" in text, text
