@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_spec
+from tests.test_experiment_loggers import check_against_metrics_file
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +34,10 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
                                                                 "poll_max_interval_s": 5}}
     if backend == "slurm":
         request.getfixturevalue("slurm_cluster")
-    spec = write_spec(tmp_path / "oom", {**common, "train.micro_batch_size": 8})
+    # The experiment loggers ride along on the local run (they are fed by the flow, whatever the backend).
+    loggers = {"train.loggers": ["tensorboard", "mlflow"]} if backend == "local" else {}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = write_spec(tmp_path / "oom", {**common, **loggers, "train.micro_batch_size": 8})
     reference_spec = write_spec(tmp_path / "ref", {**common, "train.micro_batch_size": 2})
 
     monkeypatch.setenv("PEFTPIPE_FAULT_OOM_ABOVE_MBS", "2")
@@ -60,6 +64,12 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
     check_printed_summary(state, backend, tmp_path)
     run = tmp_path / "runs" / f"oom-{backend}" / "finetune"
     assert json.loads((run / "train_summary.json").read_text())["resumed_from_step"] == 5
+    if loggers:
+        # TensorBoard and MLflow hold metrics.jsonl's values at every step, the redone steps 6 (twice) included.
+        losses = check_against_metrics_file(run, "tiny-squad-lora", f"oom-{backend}")
+        assert sorted(losses) == list(range(1, 11))
+        published = tmp_path / "store" / f"oom-{backend}" / "finetune"
+        assert (published / "mlflow.db").is_file() and list((published / "tensorboard").glob("events.out.tfevents.*"))
 
     monkeypatch.delenv("PEFTPIPE_FAULT_OOM_ABOVE_MBS")
     reference = finetune(spec_path=str(reference_spec), run_id=f"reference-{backend}", return_state=True)
