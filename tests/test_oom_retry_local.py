@@ -96,6 +96,19 @@ def flow_run_artifacts(flow_run_id):  # noqa: ANN001, ANN201 - a UUID; Prefect's
             any_=[flow_run_id])))
 
 
+def flow_end_after_publish(flow_run_id) -> str:  # noqa: ANN001 - a UUID
+    """How long after publish ended the flow run reached its final state (evidence only: no timing is asserted)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    published = max(run.end_time for run in tasks if run.name == "publish")
+    return (f"flow run {flow_run.state_name} at {flow_run.end_time:%H:%M:%S.%f}, "
+            f"{(flow_run.end_time - published).total_seconds():.1f} s after publish ended\n")
+
+
 def check_printed_summary(state, backend: str, tmp_path: Path) -> None:  # noqa: ANN001 - a Prefect State
     """What `peftpipe run` prints at the end (the same function), kept in test-output/ as evidence."""
     from rich.console import Console
@@ -107,7 +120,7 @@ def check_printed_summary(state, backend: str, tmp_path: Path) -> None:  # noqa:
     summary = state.result()
     print_summary(console, f"peftpipe run oom-{backend}: {state.name}", stage_rows(state.state_details.flow_run_id),
                   summary)
-    text = console.export_text()
+    text = console.export_text() + flow_end_after_publish(state.state_details.flow_run_id)
     output = Path(__file__).resolve().parents[1] / "test-output"
     output.mkdir(exist_ok=True)
     (output / f"oom-retry-{backend}-summary.txt").write_text(text)
