@@ -39,7 +39,8 @@ def test_sweep_deployment_compares_its_children_in_the_ui_and_promotes_the_best(
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     flow_run_id = run_id_of(output)
-    assert prefect_stack.flow_run(flow_run_id)["state_name"] == "Completed", output
+    flow_run = prefect_stack.flow_run(flow_run_id)
+    assert (flow_run["name"], flow_run["state_name"]) == ("lr-sweep", "Completed"), output
 
     children = {"lr-sweep-1": 0.001, "lr-sweep-2": 0.01}
     manifests = {run_id: json.loads((store / run_id / "manifest.json").read_text()) for run_id in children}
@@ -61,7 +62,7 @@ def test_sweep_deployment_compares_its_children_in_the_ui_and_promotes_the_best(
             page.goto(f"{prefect_stack.ui_url}/v2/artifacts/artifact/{table['id']}")
             # Both children as columns, the swept key and each child's own test metrics as cells.
             for text in ("lr-sweep-1", "lr-sweep-2", "train.learning_rate", "0.001", "0.01", "loss", "f1",
-                         *(value_text(loss) for loss in losses.values())):
+                         "lr-sweep", *(value_text(loss) for loss in losses.values())):
                 expect(page.get_by_text(text, exact=True).first).to_be_visible(timeout=60_000)
             page.screenshot(path=str(OUTPUT / "ui-sweep-comparison.png"), full_page=True)
         finally:
