@@ -12,10 +12,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-
 from prefect.runtime import flow_run as current_flow_run
 
-from flows.finetune import DEFAULT_SPEC, _name_flow_run, finetune, load_or_log
+from flows.finetune import DEFAULT_SPEC, name_flow_run, finetune, load_or_log
 from flows.store import artifact_store
 from peftpipe import stages
 from peftpipe.promotion import is_better, promote, read_promoted
@@ -47,7 +46,7 @@ def sweep(grid: dict[str, list[Any]], spec_path: str = DEFAULT_SPEC, sweep_id: s
     spec = checked[0].spec
     if sweep_id is None:
         sweep_id = stages.new_run_id(f"{spec.name}-sweep")
-        _name_flow_run(sweep_id)  # the UI and the children's parent link show the sweep id, not a random name
+        name_flow_run(sweep_id)  # the UI and the children's parent link show the sweep id, not a random name
     results: list[dict[str, Any]] = []
     for index, point in enumerate(points):
         run_id = child_run_id(sweep_id, index)
