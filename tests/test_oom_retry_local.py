@@ -1,5 +1,6 @@
 """OOM-adaptive retries through Prefect on the local backend and on real Slurm, with the training script's
-fault injection."""
+fault injection: one card per artifact key on the flow run's page, the summary `peftpipe run` prints (each
+attempt's own step and loss; kept in test-output/), and the experiment loggers read back."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ pytestmark = pytest.mark.e2e
 def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoint: str, prefect_api,
                                                       monkeypatch: pytest.MonkeyPatch, backend: str,
                                                       request: pytest.FixtureRequest) -> None:
-    from prefect.artifacts import Artifact
     from safetensors.torch import load_file
     import torch
 
@@ -34,8 +34,8 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
                                                                 "poll_max_interval_s": 5}}
     if backend == "slurm":
         request.getfixturevalue("slurm_cluster")
-    # The experiment loggers ride along on the local run (they are fed by the flow, whatever the backend).
-    loggers = {"train.loggers": ["tensorboard", "mlflow"]} if backend == "local" else {}
+    # The experiment loggers ride along: the flow feeds them from metrics.jsonl, whatever the backend.
+    loggers = {"train.loggers": ["tensorboard", "mlflow"]}
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = write_spec(tmp_path / "oom", {**common, **loggers, "train.micro_batch_size": 8})
     reference_spec = write_spec(tmp_path / "ref", {**common, "train.micro_batch_size": 2})
@@ -64,12 +64,11 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
     check_printed_summary(state, backend, tmp_path)
     run = tmp_path / "runs" / f"oom-{backend}" / "finetune"
     assert json.loads((run / "train_summary.json").read_text())["resumed_from_step"] == 5
-    if loggers:
-        # TensorBoard and MLflow hold metrics.jsonl's values at every step, the redone steps 6 (twice) included.
-        losses = check_against_metrics_file(run, "tiny-squad-lora", f"oom-{backend}")
-        assert sorted(losses) == list(range(1, 11))
-        published = tmp_path / "store" / f"oom-{backend}" / "finetune"
-        assert (published / "mlflow.db").is_file() and list((published / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard and MLflow hold metrics.jsonl's values at every step, the twice redone step 6 included.
+    losses = check_against_metrics_file(run, "tiny-squad-lora", f"oom-{backend}")
+    assert sorted(losses) == list(range(1, 11))
+    published = tmp_path / "store" / f"oom-{backend}" / "finetune"
+    assert (published / "mlflow.db").is_file() and list((published / "tensorboard").glob("events.out.tfevents.*"))
 
     monkeypatch.delenv("PEFTPIPE_FAULT_OOM_ABOVE_MBS")
     reference = finetune(spec_path=str(reference_spec), run_id=f"reference-{backend}", return_state=True)
