@@ -3,7 +3,10 @@
 Each child is a full ``finetune`` subflow run (its own OOM retries, its own page in the UI); its
 GPU jobs take slots of the same global concurrency limit as any other run. Children run one
 after another; every child splits the data with the same ``train.seed``, so all are scored on
-the same test set (unless ``train.seed`` itself is swept).
+the same test set (unless ``train.seed`` itself is swept). Not in threads: two children started
+at once as task-wrapped subflows in one process failed on transformers' lazy imports (``cannot
+import name 'AutoConfig'`` in one of them); concurrent children would need processes of their own
+(e.g. deployment runs).
 """
 
 from __future__ import annotations

@@ -43,6 +43,12 @@ def test_sweep_deployment_compares_its_children_in_the_ui_and_promotes_the_best(
     assert (flow_run["name"], flow_run["state_name"]) == ("lr-sweep", "Completed"), output
 
     children = {"lr-sweep-1": 0.001, "lr-sweep-2": 0.01}
+    # Each child its own finetune flow run, a subflow of the sweep (its own page in the UI).
+    runs = prefect_stack.api("POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": list(children)}}})
+    assert sorted((run["name"], run["state_name"]) for run in runs) == [("lr-sweep-1", "Completed"),
+                                                                        ("lr-sweep-2", "Completed")], \
+        "\n\n".join(f"{run['name']}:\n{prefect_stack.logs(run['id'])}" for run in runs)
+    assert all(run["parent_task_run_id"] for run in runs)
     manifests = {run_id: json.loads((store / run_id / "manifest.json").read_text()) for run_id in children}
     for run_id, learning_rate in children.items():  # each child trained with its own value
         assert manifests[run_id]["spec"]["train"]["learning_rate"] == learning_rate
