@@ -84,8 +84,8 @@ def _run_name() -> str:
     return current_flow_run.parameters.get("run_id") or "finetune-pending"
 
 
-def _name_flow_run(run_id: str) -> None:
-    """Rename the flow run to the generated run id, so the UI, the CLI and the cancel hook show it."""
+def name_flow_run(run_id: str) -> None:
+    """Rename the flow run to the generated run id (or sweep id), so the UI, the CLI and the cancel hook show it."""
     from prefect.client.orchestration import get_client
 
     flow_run_id = current_flow_run.id
@@ -120,7 +120,7 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
     loaded = load_or_log(spec_path, changes)
     if run_id is None:
         run_id = stages.new_run_id(loaded.spec.name)
-        _name_flow_run(run_id)
+        name_flow_run(run_id)
     if loaded.spec.evaluation.baseline is None:
         changes = {**changes, "evaluation.baseline": baseline_wanted(loaded, run_id)}
         loaded = load_or_log(spec_path, changes)
