@@ -91,3 +91,34 @@ def test_lines_logged_during_a_server_outage_reach_the_flow_run_log(own_prefect_
     messages = flow_run_messages(server, flow_run_id)
     assert any("log lines from then were held and sent" in message for message in messages), messages[-20:]
     assert "Error logging to API" not in output.read_text()
+
+
+STILL_DOWN = """
+import logging, sys, uuid
+from pathlib import Path
+from flows.log_shipping import keep_unsent_lines_in, note, send_log
+flow_run_id = str(uuid.uuid4())
+keep_unsent_lines_in(flow_run_id, Path(sys.argv[1]))
+for number in range(5):
+    send_log(note(flow_run_id, logging.INFO, f"line {number}"))
+print("logged", flush=True)
+"""
+
+
+def test_lines_never_taken_before_the_process_ends_go_to_the_run_directory(tmp_path: Path) -> None:
+    """The API is down (nothing listens on its port) until the process ends: the lines are not lost
+    silently, they are in the run directory's file and stderr says so."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: connections are refused, as from a stopped server
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_HOME": str(tmp_path / "home"),
+           "PREFECT_CLIENT_MAX_RETRIES": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    unsent = tmp_path / "runs" / "r1" / "flow-run-log.unsent.txt"
+    done = subprocess.run([sys.executable, "-c", STILL_DOWN, str(unsent)], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = unsent.read_text().splitlines()
+    assert [line.rsplit(" - ", 1)[1] for line in lines] == [f"line {number}" for number in range(5)]
+    assert "5 log lines of flow run" in done.stderr and str(unsent) in done.stderr, done.stderr
