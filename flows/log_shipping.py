@@ -74,18 +74,27 @@ class ResendingLogWorker(APILogWorker):
             overflow, self._held = self._held[:-MAX_HELD_LINES], self._held[-MAX_HELD_LINES:]
             for flow_run_id, count in write_local(overflow).items():
                 self._spilled[flow_run_id] = self._spilled.get(flow_run_id, 0) + count
+                sys.stderr.write(f"peftpipe: over {MAX_HELD_LINES} log lines held for the Prefect API; the oldest"
+                                 f" {count} of flow run {flow_run_id} are in {local_log(flow_run_id)}\n")
+        await self._try_send()
+
+    async def _try_send(self) -> bool:
+        """Send what is held; on failure keep it (and say so once); after an outage, say what came late."""
         try:
             await self._send_held()
-        except Exception as error:  # the API is down or refuses: hold the lines, say so once
+        except Exception as error:  # the API is down or refuses: hold the lines
             if self._outage_since is None:
                 self._outage_since = time.time()
                 sys.stderr.write(f"peftpipe: the Prefect API did not take {len(self._held)} log lines"
                                  f" ({type(error).__name__}: {error}); they are held and sent when it answers\n")
-            return
+            return False
         if self._outage_since is not None or self._spilled:
-            await self._client.create_logs(self._recovery_notes())
+            notes = self._recovery_notes()
+            if notes:
+                await self._client.create_logs(notes)
             self._outage_since = None
             self._spilled = {}
+        return True
 
     async def _send_held(self) -> None:
         """Send the held lines in batches of the usual size, forgetting each batch once it is taken."""
@@ -105,9 +114,9 @@ class ResendingLogWorker(APILogWorker):
         for flow_run_id in sorted(set(resent) | set(self._spilled)):
             if flow_run_id == "None":
                 continue
-            message = (f"the Prefect API was unreachable from {since:%H:%M:%S} UTC; this run's log lines from then"
-                       f" were held and sent when it answered ({resent.get(flow_run_id, 0)} lines, in place by"
-                       " their timestamps)")
+            message = (f"the Prefect API did not take log lines from {since:%H:%M:%S} UTC until it answered again;"
+                       f" {resent.get(flow_run_id, 0)} log lines held meanwhile were sent then (in place by their"
+                       " timestamps)")
             if self._spilled.get(flow_run_id):
                 message += (f"; {self._spilled[flow_run_id]} more could not be held and are in"
                             f" {local_log(flow_run_id)}")
@@ -120,14 +129,13 @@ class ResendingLogWorker(APILogWorker):
             try:
                 yield
             finally:
-                if self._held:  # the service stops (the process ends) with lines the API never took
-                    try:
-                        await self._send_held()
-                    except Exception:
-                        for flow_run_id, count in write_local(self._held).items():
-                            sys.stderr.write(f"peftpipe: {count} log lines of flow run {flow_run_id} never reached"
-                                             f" the Prefect API; they are in {local_log(flow_run_id)}\n")
-                        self._held = []
+                # The service stops (the process ends): one last try, then the local file.
+                if self._held and not await self._try_send():
+                    for flow_run_id, count in write_local(self._held).items():
+                        count += self._spilled.get(flow_run_id, 0)
+                        sys.stderr.write(f"peftpipe: {count} log lines of flow run {flow_run_id} never reached"
+                                         f" the Prefect API; they are in {local_log(flow_run_id)}\n")
+                    self._held = []
 
 
 def batches(items: list[dict[str, Any]], max_bytes: int) -> Iterator[list[dict[str, Any]]]:

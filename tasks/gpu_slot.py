@@ -15,8 +15,10 @@ from prefect.logging import get_run_logger
 from peftpipe.interrupts import raise_if_interrupted
 from peftpipe.spec import LoadedSpec
 
-# Between two attempts when the server sends no Retry-After (it normally does, at most 30 s).
+# Between two attempts: the server's Retry-After (its guess from how long slots are held, up to
+# 30 s), at most MAX_RETRY_S so a freed slot is taken soon; DEFAULT_RETRY_S when it sends none.
 DEFAULT_RETRY_S = 5.0
+MAX_RETRY_S = 10.0
 prefect_concurrency_log = logging.getLogger("prefect._internal.concurrency")
 
 
@@ -62,7 +64,7 @@ def wait_for_slot(held: ExitStack, limit: str) -> None:
             if waiting_since is None:
                 waiting_since = time.monotonic()
                 get_run_logger().info(f"waiting for a slot of the GPU-job limit {limit!r}: all in use")
-            pause(float(full.response.headers.get("Retry-After", DEFAULT_RETRY_S)))
+            pause(min(float(full.response.headers.get("Retry-After", DEFAULT_RETRY_S)), MAX_RETRY_S))
             continue
         if waiting_since is not None:
             get_run_logger().info(f"got a slot of {limit!r} after {time.monotonic() - waiting_since:.0f} s")

@@ -89,14 +89,16 @@ def test_lines_logged_during_a_server_outage_reach_the_flow_run_log(own_prefect_
     assert not missing, f"{len(missing)} step lines missing from the flow-run log: {missing[:20]}..."
     assert max(logged) > last_before and set(logged) <= set(in_job_log)
     messages = flow_run_messages(server, flow_run_id)
-    assert any("log lines from then were held and sent" in message for message in messages), messages[-20:]
+    assert any("log lines held meanwhile were sent then" in message for message in messages), messages[-20:]
     assert "Error logging to API" not in output.read_text()
 
 
 STILL_DOWN = """
 import logging, sys, uuid
 from pathlib import Path
+import flows.log_shipping
 from flows.log_shipping import keep_unsent_lines_in, note, send_log
+flows.log_shipping.MAX_HELD_LINES = 3  # the oldest two spill to the file at once, the rest at exit
 flow_run_id = str(uuid.uuid4())
 keep_unsent_lines_in(flow_run_id, Path(sys.argv[1]))
 for number in range(5):
@@ -107,7 +109,7 @@ print("logged", flush=True)
 
 def test_lines_never_taken_before_the_process_ends_go_to_the_run_directory(tmp_path: Path) -> None:
     """The API is down (nothing listens on its port) until the process ends: the lines are not lost
-    silently, they are in the run directory's file and stderr says so."""
+    silently, they are in the run directory's file, in order, and stderr says so."""
     import socket
 
     with socket.socket() as probe:
@@ -122,3 +124,4 @@ def test_lines_never_taken_before_the_process_ends_go_to_the_run_directory(tmp_p
     lines = unsent.read_text().splitlines()
     assert [line.rsplit(" - ", 1)[1] for line in lines] == [f"line {number}" for number in range(5)]
     assert "5 log lines of flow run" in done.stderr and str(unsent) in done.stderr, done.stderr
+    assert "over 3 log lines held for the Prefect API; the oldest 2" in done.stderr, done.stderr
