@@ -17,7 +17,8 @@ console = Console()
 
 def export(
     run_id: str,
-    out: Annotated[Path, typer.Option(help="Folder to write: adapter/, and merged/ with --merge.")] = Path("export"),
+    out: Annotated[Path | None, typer.Option(help="Folder to write: adapter/, and merged/ with --merge (default"
+                                                   " export/RUN_ID).")] = None,
     spec: Annotated[Path | None, typer.Option(help="A run spec: its artifact store and Hub settings.")] = None,
     store: Annotated[str | None, typer.Option(help="Artifact store URL (file://DIR or s3://BUCKET/PREFIX).")] = None,
     merge: Annotated[bool, typer.Option(help="Also write base + adapter merged (sharded safetensors), after a"
@@ -53,7 +54,7 @@ def export(
         endpoint = model.endpoint or endpoint
         cache_dir = Path(model.cache_dir).expanduser() if model.cache_dir else None
     try:
-        summary = export_stage(target, run_id, out, engine_for, merge=merge, push_repo=push, endpoint=endpoint,
+        summary = export_stage(target, run_id, out or Path("export") / run_id, engine_for, merge=merge, push_repo=push, endpoint=endpoint,
                                cache_dir=cache_dir, token=os.environ.get("HF_TOKEN"), max_shard_size=max_shard_size,
                                tolerance=tolerance, to_store=to_store)
     except ExportError as error:
