@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 hub=.cache/hub
-if [ ! -f "$hub/peftpipe/tiny-llama/model.safetensors" ]; then
-  .venv/bin/peftpipe tiny-model "$hub/peftpipe/tiny-llama" --corpus examples/tiny/squad_tiny.json
+corpus=examples/tiny/squad_tiny_two_wordings.json
+# Built once; again when the corpus (its tokenizer's text) changed.
+if [ ! -f "$hub/peftpipe/tiny-llama/model.safetensors" ] || [ "$corpus" -nt "$hub/peftpipe/tiny-llama/model.safetensors" ]; then
+  .venv/bin/peftpipe tiny-model "$hub/peftpipe/tiny-llama" --corpus "$corpus"
 fi
 rm -f .cache/hub.port
 .venv/bin/peftpipe hub serve "$hub" --port-file .cache/hub.port >/dev/null &

@@ -61,6 +61,10 @@ def hub_endpoint(hub_root: Path) -> Iterator[str]:
 def write_spec(directory: Path, changes: dict | None = None, drop: tuple[str, ...] = ()) -> Path:
     """Copy the example spec and its data into ``directory`` with dotted-key changes applied."""
     raw = yaml.safe_load(EXAMPLE_SPEC.read_text())
+    # The tests' base: the one-wording file and a short run (the default's 300 steps on the two-wording
+    # file are for showing learning, tests/test_default_run.py).
+    raw["dataset"]["path"] = EXAMPLE_DATA.name
+    raw["train"].update(max_steps=60, checkpoint_every=10)
     for dotted, value in (changes or {}).items():
         *parents, leaf = dotted.split(".")
         node = raw
