@@ -148,3 +148,20 @@ def test_two_data_parallel_ranks_follow_the_single_process_loss_curve(tmp_path: 
     assert len(curves[2]) == 4
     assert curves[2] == pytest.approx(curves[1], rel=1e-4)
     assert curves[2][-1] < curves[2][0]
+
+
+def test_offloaded_checkpointing_follows_the_plain_loss_curve(tmp_path: Path, hub_root: Path) -> None:
+    """The memory ladder's offload rung: checkpointed layer inputs go to host memory and come back for
+    backward; with the same seed the loss curve is the plain run's (rel 1e-5, fp32 on CPU)."""
+    curves, offloaded = {}, {}
+    for name, rungs in {"plain": {}, "offload": {"activation_checkpointing": True, "offload_activations": True}}.items():
+        paths, config, _ = make_run(tmp_path / name, hub_root)
+        config.update(max_steps=4, checkpoint_every=100, **rungs)
+        result = run_script(command.TRAIN_MODULE, config, paths.stage_config("finetune"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        curves[name] = losses(paths)
+        offloaded[name] = [json.loads(line).get("offloaded_gib") for line in paths.train_metrics_file.read_text().splitlines()]
+    assert "checkpointed activations offloaded to pinned host memory" in result.stdout
+    assert all(gib and gib > 0 for gib in offloaded["offload"]) and offloaded["plain"] == [None] * 4
+    assert curves["offload"] == pytest.approx(curves["plain"], rel=1e-5)
+    assert curves["plain"][-1] < curves["plain"][0]

@@ -15,7 +15,8 @@ The spec's ``engine`` field accepts the names in ``ENGINES``. What an engine mus
 
 - ``name``, ``methods`` (the ``peft.method`` values it runs), ``stages`` (the stages that run as
   jobs, in order: e.g. ``("finetune", "evaluate")``) and ``memory_model`` (whether the hf memory
-  estimate of ``preflight.py`` describes it: it then picks attempt 1's micro batch);
+  estimate of ``preflight.py`` describes it: it then picks attempt 1's micro batch) and
+  ``memory_rungs`` (the rungs of ``memory_ladder.py`` it implements, e.g. ``("checkpointing",)``);
 - ``validate(loaded)``: the engine's own checks of the spec, as a list of
   :class:`~peftpipe.spec_issues.SpecIssue` (never raise for a bad spec);
 - ``data_parallel_size(spec)``: the ranks the global batch is split over; what a retry's smaller

@@ -51,6 +51,7 @@ from peftpipe.engines.hf.modeling import (
     resolve_precision,
 )
 from peftpipe.engines.hf.checkpoints import load_latest_intact, save_checkpoint
+from peftpipe.engines.hf.offload import HostOffload
 from peftpipe.engines.hf.packing import IGNORE_INDEX, collate, label_tokens, plan_micro_batches
 
 
@@ -235,12 +236,14 @@ def accumulate_gradients(wrapped: Any, prepared: Prepared, examples: list[dict[s
                          device: torch.device, step: int = 0) -> tuple[torch.Tensor, int, int]:
     """Forward and backward over this rank's share of one global batch, micro batch by micro batch.
 
-    ``settings``: micro_batch_size, max_seq_length, packing, pad_id, precision. Returns the loss
+    ``settings``: micro_batch_size, max_seq_length, packing, pad_id, precision, and optionally offload (a
+    :class:`HostOffload` whose hooks wrap each forward pass: the memory ladder's offload rung). Returns the loss
     sum (on the device: reading it would stall the GPU queue), the real tokens and the number of
     micro batches. With packing, ranks may run different numbers of micro batches: gradients
     synchronise only in each rank's last backward, so the counts need not match.
     """
     packing = settings["packing"]
+    offload = settings.get("offload")
     plan = plan_micro_batches(examples, settings["micro_batch_size"], settings["max_seq_length"], packing)
     loss_total = torch.zeros((), dtype=torch.float32, device=device)
     tokens = 0
@@ -251,7 +254,7 @@ def accumulate_gradients(wrapped: Any, prepared: Prepared, examples: list[dict[s
         last = micro == len(plan) - 1
         context = wrapped.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
         with context:
-            with autocast(device, settings["precision"]):
+            with autocast(device, settings["precision"]), (offload.hooks() if offload else contextlib.nullcontext()):
                 micro_loss = loss_sum(wrapped, batch, prepared.head_weight, prepared.use_liger)
             # DDP averages gradients over ranks, hence x world: the result is sum / batch_label_tokens.
             scaler.scale(micro_loss * world / batch_label_tokens).backward()
@@ -327,6 +330,11 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     packing = packing and prepared.packing_supported
     settings = {"micro_batch_size": mbs, "max_seq_length": max_len, "packing": packing, "pad_id": pad_id,
                 "precision": precision}
+    if config.get("offload_activations"):
+        if not config["activation_checkpointing"]:
+            raise ValueError("offload_activations moves checkpointed activations: it needs activation_checkpointing")
+        settings["offload"] = HostOffload(model, device)
+        prepared.features.append("checkpointed activations offloaded to pinned host memory (side-stream copies)")
     max_steps = config["max_steps"]
     scaler = torch.amp.GradScaler(enabled=precision == "fp16")
     stop = StopRequested()
@@ -378,6 +386,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
             "micro_batch_size": mbs,
             "gradient_accumulation": n_micro,
         }
+        if "offload" in settings:
+            record["offloaded_gib"] = round(settings["offload"].take_offloaded_bytes() / 2**30, 4)
         checkpoint_now = step % config["checkpoint_every"] == 0 or step == max_steps or stop.signal is not None
         if checkpoint_now and val_examples:
             record["val_loss"] = round(mean_loss(model, val_examples, mbs, pad_id, device, precision,
