@@ -130,6 +130,13 @@ def adopt_slurm_ranks(env: dict[str, str]) -> None:
     env["WORLD_SIZE"] = env["SLURM_NTASKS"]
 
 
+def env_gpu_memory_cap_gib() -> float | None:
+    """Bench-only, off unless PEFTPIPE_GPU_MEMORY_CAP_GIB is set: cap this process's CUDA allocator, as
+    on a smaller GPU, so that bench/memory_ladder.py meets real CUDA OOMs on a large one."""
+    cap = os.environ.get("PEFTPIPE_GPU_MEMORY_CAP_GIB")
+    return float(cap) if cap else None
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     adopt_slurm_ranks(os.environ)  # type: ignore[arg-type]
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -138,6 +145,10 @@ def init_distributed() -> tuple[int, int, torch.device]:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+        cap = env_gpu_memory_cap_gib()
+        if cap is not None:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(cap * 2**30 / total, 1.0), device)
     else:
         device = torch.device("cpu")
     if world > 1:
