@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from peftpipe.failures import diagnose
-from peftpipe.memory_ladder import MemoryLadder, MemoryRungs, ladder_for
+from peftpipe.engines import ladder_for
+from peftpipe.memory_ladder import MemoryLadder, MemoryRungs
 from peftpipe.retry import AttemptSettings, next_attempt
 from peftpipe.spec import RunSpec, memory_mb
 from peftpipe.results import StageFailed, TrainResult

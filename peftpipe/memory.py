@@ -28,8 +28,12 @@ autocast alone would keep them in fp32: ``LAYER_NORM_16BIT_SAVING`` bytes per to
 of each layer less (its two norms' fp32 outputs); with it the estimate is within 8 % of the
 OpenCALM-3B and rinna-3.6B engine peaks measured with that change (bench/RESULTS-families.md).
 
-Activation checkpointing keeps only each layer's input (2 bytes x hidden a token) plus one
-layer's activations while it is recomputed.
+Activation checkpointing keeps only each layer's input (2 bytes x hidden a token) plus what one
+layer holds while it is recomputed and differentiated: ``RECOMPUTE_COEFFICIENTS`` (bytes a token,
+per hidden and intermediate unit), fitted to the engine's checkpointed and offloaded peaks on an
+H200 (Llama-3.2-1B and Llama-3-8B shapes, micro batch 1 to 64, seq 2048, Liger installed:
+bench/RESULTS-ladder.md, every point within 0.04 GiB); kernels without a fit use one layer's
+activations. With Liger, the fused loss's chunk adds nothing measurable at the peak.
 
 The rungs above checkpointing (``memory_ladder.py``):
 - offload: the checkpointed inputs live in host memory; ``OFFLOAD_RESIDENT_INPUTS`` of them are on
@@ -75,6 +79,9 @@ EAGER_ATTENTION_BYTES = 9
 # The fused loss's transient: one chunk of 2**27 logits as bf16 product, fp32 probabilities and
 # their bf16 copy (fast_kernels.CHUNK_ELEMENTS); Liger's chunks are smaller, so this errs high.
 FUSED_LOSS_CHUNK_BYTES = 2**27 * 8
+# What one checkpointed layer holds while recomputed and differentiated: (c_h, c_i) bytes a token, fitted
+# (module docstring); the same fit gave 2.08 resident inputs when offloaded and a constant of 0.05 GiB.
+RECOMPUTE_COEFFICIENTS: dict[str, tuple[float, float]] = {"liger": (11.8, 6.3)}
 # Checkpointed layer inputs on the GPU at a time when they are offloaded to host memory.
 OFFLOAD_RESIDENT_INPUTS = 2
 SHARD_GATHERED_LAYERS = 2
@@ -245,10 +252,15 @@ def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *
         per_layer += 2 * i * scale
     if activation_checkpointing:
         kept_inputs = OFFLOAD_RESIDENT_INPUTS if offload_activations else model.num_layers
-        activations = tokens * (kept_inputs * 2 * h * scale + per_layer)
+        recompute = per_layer
+        if kernels in RECOMPUTE_COEFFICIENTS and model.gated_mlp and not model.eager_attention and method == "lora":
+            r_h, r_i = RECOMPUTE_COEFFICIENTS[kernels]
+            recompute = (r_h * h + r_i * i) * scale
+        activations = tokens * (kept_inputs * 2 * h * scale + recompute)
     else:
         activations = tokens * model.num_layers * per_layer
-    logits = tokens * model.vocab_size * c_v if c_v else FUSED_LOSS_CHUNK_BYTES
+    # Liger's loss chunks are small and freed before the backward pass reaches its peak (fitted: no term).
+    logits = tokens * model.vocab_size * c_v if c_v else (0 if kernels == "liger" else FUSED_LOSS_CHUNK_BYTES)
     adapters = trainable_parameters(model, method, lora_rank, target_modules, num_virtual_tokens,
                                     feedforward_modules=feedforward_modules)
     weights = _weight_bytes(model, BYTES[precision], quantize_base)

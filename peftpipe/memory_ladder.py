@@ -105,12 +105,3 @@ class MemoryLadder:
         """For the give-up message: the rungs not used and why."""
         return "; ".join(f"{rung}: {why}" for rung, why in self.unavailable.items()) or "every rung was tried"
 
-
-def ladder_for(spec: Any) -> MemoryLadder:
-    """The ladder of a run spec with the rungs its engine offers (``Engine.memory_rungs``)."""
-    from peftpipe.engines import engine_for
-
-    engine = engine_for(spec.engine)
-    train = spec.train
-    return MemoryLadder.for_run(train.memory, train.activation_checkpointing, engine.data_parallel_size(spec),
-                                getattr(engine, "memory_rungs", ("checkpointing",)), f"engine {spec.engine}")

@@ -18,13 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftpipe.memory import GIB, ModelShape, estimate_memory
-from peftpipe.memory_ladder import RUNG_TEXT, MemoryLadder, MemoryRungs, ladder_for
+from peftpipe.engines import ladder_for
+from peftpipe.memory_ladder import RUNG_TEXT, MemoryLadder, MemoryRungs
 from peftpipe.model_fit import resolved_peft
 from peftpipe.model_layout import ModelLayout
 from peftpipe.spec import RunSpec
 
 SAFETY_FRACTION = 0.85  # of the GPU's memory that the estimate may use
 CONTEXT_GIB = 0.75  # CUDA context and libraries, outside torch's allocator
+# Below this many tokens a micro batch leaves the GPU idle (bench/RESULTS-ladder.md: with checkpointing the
+# 8B shape makes 9.1k tokens/s at 2048 tokens, 13.3k at 8192; the 1B shape 15k and 71k at 2048 and 16384).
+EFFICIENT_MICRO_BATCH_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -85,25 +89,43 @@ def kernels_for(model_type: str) -> str:
 
 def choose_micro_batch(spec: RunSpec, model_config: dict, gpu_memory_gib: float,
                        ladder: MemoryLadder | None = None) -> PreflightResult:
-    """The cheapest ladder configuration with a fitting micro batch: the largest divisor of the per-rank batch,
-    at most the spec's micro batch, predicted to fit; the next rung only when not even micro batch 1 fits."""
+    """The cheapest ladder configuration that runs an efficient micro batch, and that micro batch.
+
+    For each configuration, cheapest first, the largest divisor of the per-rank batch (at most the spec's
+    micro batch) predicted to fit. A configuration is taken when that micro batch holds at least
+    ``EFFICIENT_MICRO_BATCH_TOKENS`` tokens (or is the largest allowed); otherwise the next rung is
+    tried, since a rung that fits a larger micro batch runs faster (measured: the 8B shape with
+    checkpointing at micro batch 1 makes 9.1k tokens/s, with offload at 16, 13.0k). If no rung reaches
+    it, the configuration with the largest fitting micro batch wins (the cheapest among equals).
+    """
     train = spec.train
     ladder = ladder or ladder_for(spec)
     per_rank = train.global_batch_size // train.data_parallel_size
     budget = gpu_memory_gib * SAFETY_FRACTION - CONTEXT_GIB
     estimator = memory_estimator(spec, model_config)
     candidates = [d for d in range(min(train.micro_batch_size, per_rank), 0, -1) if per_rank % d == 0]
+    efficient = min(candidates[0], max(1, -(-EFFICIENT_MICRO_BATCH_TOKENS // train.max_seq_length)))
     walked: list[str] = []
+    best: tuple[int, float, MemoryRungs] | None = None
     configurations = ladder.configurations()
     for index, rungs in enumerate(configurations):
         added = f"+ {RUNG_TEXT[ladder.steps[index - 1]]}" if index else f"rungs {rungs.describe()}"
-        for micro_batch_size in candidates:
-            estimate = estimator(micro_batch_size, rungs)
-            if estimate <= budget:
-                walked.append(f"{added}: micro batch {micro_batch_size} fits ({estimate:.1f} GiB)")
-                return PreflightResult(train.micro_batch_size, micro_batch_size, round(estimate, 2), round(budget, 2),
-                                       gpu_memory_gib, True, rungs, tuple(walked))
-        walked.append(f"{added}: not even micro batch 1 fits ({estimator(1, rungs):.1f} GiB)")
+        fitting = next(((m, e) for m in candidates if (e := estimator(m, rungs)) <= budget), None)
+        if fitting is None:
+            walked.append(f"{added}: not even micro batch 1 fits ({estimator(1, rungs):.1f} GiB)")
+            continue
+        micro_batch_size, estimate = fitting
+        if best is None or micro_batch_size > best[0]:
+            best = (micro_batch_size, estimate, rungs)
+        if micro_batch_size >= efficient:
+            walked.append(f"{added}: micro batch {micro_batch_size} fits ({estimate:.1f} GiB)")
+            break
+        walked.append(f"{added}: only micro batch {micro_batch_size} fits ({estimate:.1f} GiB), below"
+                      f" {efficient} ({EFFICIENT_MICRO_BATCH_TOKENS} tokens); trying the next rung")
+    if best is not None:
+        micro_batch_size, estimate, rungs = best
+        return PreflightResult(train.micro_batch_size, micro_batch_size, round(estimate, 2), round(budget, 2),
+                               gpu_memory_gib, True, rungs, tuple(walked))
     walked.append(f"out of reach: {ladder.out_of_reach()}")
     top = configurations[-1]
     return PreflightResult(train.micro_batch_size, 1, round(estimator(1, top), 2), round(budget, 2), gpu_memory_gib,

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from peftpipe.engine_registry import ENGINES
+from peftpipe.memory_ladder import MemoryLadder
 
 if TYPE_CHECKING:
     from peftpipe.artifacts_s3 import S3Access
@@ -96,3 +97,11 @@ def engine_for(name: str) -> Engine:
     if name not in ENGINES:
         raise ValueError(f"engine {name!r} is not registered; known engines: {', '.join(ENGINES)}")
     return importlib.import_module(ENGINES[name]).ENGINE
+
+
+def ladder_for(spec: RunSpec) -> MemoryLadder:
+    """The memory ladder of a run spec with the rungs its engine offers (``memory_rungs``)."""
+    engine = engine_for(spec.engine)
+    train = spec.train
+    return MemoryLadder.for_run(train.memory, train.activation_checkpointing, engine.data_parallel_size(spec),
+                                getattr(engine, "memory_rungs", ("checkpointing",)), f"engine {spec.engine}")
