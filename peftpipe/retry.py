@@ -31,13 +31,16 @@ class AttemptSettings:
     mem_raised: bool = False
     exclude_nodes: tuple[str, ...] = ()  # nodes a hardware fault was seen on (sbatch --exclude)
     offload_activations: bool = False  # the ladder's offload rung: checkpointed inputs in host memory
+    shard: bool = False  # the ladder's shard rung: parameters sharded over the ranks (FSDP2)
 
     @property
     def memory(self) -> MemoryRungs:
-        return MemoryRungs(checkpointing=self.activation_checkpointing, offload=self.offload_activations)
+        return MemoryRungs(checkpointing=self.activation_checkpointing, offload=self.offload_activations,
+                           shard=self.shard)
 
     def with_memory(self, rungs: MemoryRungs) -> AttemptSettings:
-        return replace(self, activation_checkpointing=rungs.checkpointing, offload_activations=rungs.offload)
+        return replace(self, activation_checkpointing=rungs.checkpointing, offload_activations=rungs.offload,
+                       shard=rungs.shard)
 
     @property
     def mem(self) -> str | None:

@@ -344,7 +344,7 @@ class MemorySpec(StrictModel):
     offload: RungSetting = Field("auto", description="Offload the checkpointed layer inputs to pinned host memory"
                                  " during the forward pass (hf engine; needs checkpointing).", examples=[False])
     shard: RungSetting = Field("auto", description="Shard the parameters over the node's GPUs (FSDP2; needs"
-                               " train.devices > 1). No engine implements it yet: auto skips it.", examples=[False])
+                               " train.devices > 1; hf engine).", examples=[False])
     quantize_base: RungSetting = Field("auto", description="Store the frozen base weights in 4 bits (QLoRA). No engine"
                                        " implements it yet: auto skips it.", examples=[False])
 

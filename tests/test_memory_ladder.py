@@ -45,13 +45,13 @@ def walk(ladder: MemoryLadder, settings: AttemptSettings, global_batch: int = 8)
 def test_the_hf_engine_walks_micro_batch_then_checkpointing_then_offload(tmp_path: Path) -> None:
     ladder = ladder_for(spec(tmp_path))
     assert ladder.steps == ("checkpointing", "offload")
-    assert ladder.unavailable == {"shard": "not implemented by engine hf", "quantize_base": "not implemented by engine hf"}
+    assert ladder.unavailable == {"shard": "needs train.devices > 1", "quantize_base": "not implemented by engine hf"}
     seen = walk(ladder, AttemptSettings(1, 4))
     assert [(mbs, rungs) for mbs, rungs, _ in seen] == [
         (4, "none"), (2, "none"), (1, "none"), (1, "checkpointing"), (1, "checkpointing + offload")]
     assert "next rung: activation checkpointing" in seen[2][2]
     assert "next rung: checkpointed activations offloaded to pinned host memory" in seen[3][2]
-    assert "top of the memory ladder" in seen[-1][2] and "shard: not implemented by engine hf" in seen[-1][2]
+    assert "top of the memory ladder" in seen[-1][2] and "shard: needs train.devices > 1" in seen[-1][2]
 
 
 def test_a_forbidden_rung_is_skipped_and_named(tmp_path: Path) -> None:
@@ -73,6 +73,18 @@ def test_pinned_rungs_start_the_first_attempt_and_reach_the_training_config(tmp_
     assert ladder_for(spec(tmp_path, **{"train.activation_checkpointing": True})).steps == ("offload",)
 
 
+def test_with_several_gpus_the_hf_ladder_ends_with_sharding(tmp_path: Path) -> None:
+    ladder = ladder_for(spec(tmp_path, **{"train.devices": 2}))
+    assert [c.describe() for c in ladder.configurations()] == [
+        "none", "checkpointing", "checkpointing + offload", "checkpointing + offload + shard"]
+    seen = walk(ladder, AttemptSettings(1, 1), global_batch=8)
+    assert "next rung: parameters sharded across the node's GPUs (FSDP2)" in seen[-2][2]
+    settings = AttemptSettings(1, 1).with_memory(MemoryRungs(checkpointing=True, offload=True, shard=True))
+    config = command.training_config(spec(tmp_path, **{"train.devices": 2}), tmp_path, RunPaths(tmp_path / "run"),
+                                     1, settings.activation_checkpointing, settings.offload_activations, settings.shard)
+    assert config["shard"] is True
+
+
 def test_engines_without_offload_keep_the_old_ladder(tmp_path: Path) -> None:
     ladder = MemoryLadder.for_run("auto", False, 1, engine_rungs=("checkpointing",), engine="engine nemo")
     assert [c.describe() for c in ladder.configurations()] == ["none", "checkpointing"]
@@ -81,7 +93,7 @@ def test_engines_without_offload_keep_the_old_ladder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("memory", "field", "problem"), [
     ({"quantize_base": True}, "train.memory.quantize_base", "does not implement this rung"),
-    ({"shard": True}, "train.memory.shard", "does not implement this rung"),
+    ({"shard": True}, "train.memory.shard", "sharding needs more than one GPU"),
     ({"offload": True, "checkpointing": False}, "train.memory.offload", "checkpointing is false"),
 ])
 def test_impossible_pins_are_refused_naming_the_field(tmp_path: Path, memory: dict, field: str, problem: str) -> None:
@@ -106,7 +118,7 @@ def test_the_preflight_climbs_only_as_far_as_an_efficient_micro_batch_needs(tmp_
     assert "only micro batch 2 fits" in small.walked[1] and "trying the next rung" in small.walked[1]
     assert "memory rungs: checkpointing + offload" in small.describe()
     tiny = choose_micro_batch(run, LLAMA_8B, 16.0)
-    assert not tiny.fits and "out of reach: shard: not implemented by engine hf" in tiny.walked[-1]
+    assert not tiny.fits and "out of reach: shard: needs train.devices > 1" in tiny.walked[-1]
 
 
 # Peaks of the hf engine (Liger installed) on one H200, seq 2048, bf16, LoRA r16 q/k/v/o, one sitting

@@ -23,7 +23,8 @@ def peft_settings(spec: RunSpec) -> dict[str, Any]:
 
 
 def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batch_size: int | None = None,
-                    activation_checkpointing: bool | None = None, offload_activations: bool = False) -> dict[str, Any]:
+                    activation_checkpointing: bool | None = None, offload_activations: bool = False,
+                    shard: bool = False) -> dict[str, Any]:
     """The training script's config; the overrides are what OOM retries and the memory ladder change."""
     train = spec.train
     return {
@@ -47,6 +48,7 @@ def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batc
         "activation_checkpointing": train.activation_checkpointing if activation_checkpointing is None
         else activation_checkpointing,
         "offload_activations": offload_activations,
+        "shard": shard,
         "packing": train.packing and spec.peft.method != "ptuning",
     }
 

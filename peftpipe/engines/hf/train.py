@@ -50,8 +50,16 @@ from peftpipe.engines.hf.modeling import (
     prepare_model,
     resolve_precision,
 )
-from peftpipe.engines.hf.checkpoints import load_latest_intact, save_checkpoint
+from peftpipe.engines.hf.checkpoints import latest_intact_state, restore_training_state, save_checkpoint
 from peftpipe.engines.hf.offload import HostOffload
+from peftpipe.engines.hf.sharding import (
+    full,
+    full_adapter_state,
+    full_optimizer_state,
+    gradient_sync,
+    shard_model,
+    shard_optimizer_state,
+)
 from peftpipe.engines.hf.packing import IGNORE_INDEX, collate, label_tokens, plan_micro_batches
 
 
@@ -263,8 +271,7 @@ def accumulate_gradients(wrapped: Any, prepared: Prepared, examples: list[dict[s
         batch = collate(examples, rows, settings["pad_id"], device, packed=packing)
         tokens += batch["tokens"]
         last = micro == len(plan) - 1
-        context = wrapped.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
-        with context:
+        with gradient_sync(wrapped, world, last):
             with autocast(device, settings["precision"]), (offload.hooks() if offload else contextlib.nullcontext()):
                 micro_loss = loss_sum(wrapped, batch, prepared.head_weight, prepared.use_liger)
             # DDP averages gradients over ranks, hence x world: the result is sum / batch_label_tokens.
@@ -307,9 +314,19 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         else []
     )
 
+    # The shard rung (FSDP2): peft's own projection forward, which reads the gathered weights each call.
+    shard = bool(config.get("shard")) and world > 1
     base = load_base_model(config["model_path"], precision, device)
-    prepared = prepare_model(base, config["peft"], device, config["activation_checkpointing"])
+    prepared = prepare_model(base, config["peft"], device, config["activation_checkpointing"], fuse=not shard)
     model = prepared.model
+    found = latest_intact_state(checkpoint_dir, say=lambda line: print(line, flush=True) if rank == 0 else None)
+    if found is not None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, found[1]["adapter"])  # before sharding: the full adapter
+    if shard:
+        units = shard_model(model, device, world)
+        prepared.features.append(f"parameters sharded over {world} ranks (FSDP2, {units} decoder layers + root)")
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     optimizer = make_optimizer(trainable, config, device)
@@ -319,17 +336,17 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     )
 
     start_step, resumed_from = 0, None
-    loaded = load_latest_intact(checkpoint_dir, model, optimizer, scheduler,
-                                say=lambda line: print(line, flush=True) if rank == 0 else None)
-    if loaded is not None:
-        latest, start_step = loaded
+    if found is not None:
+        latest, state = found
+        start_step = restore_training_state(state, optimizer, scheduler,
+                                            shard_optimizer_state(state["optimizer"], trainable) if shard else None)
         resumed_from = start_step
         if rank == 0:
             truncate_metrics(metrics_path, start_step)
             print(f"resuming from checkpoint {latest.name} (step {start_step})", flush=True)
 
     wrapped = model
-    if world > 1:
+    if world > 1 and not shard:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     gbs, mbs = config["global_batch_size"], config["micro_batch_size"]
     per_rank = gbs // world
@@ -339,6 +356,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         print(f"packing is off for {prepared.layout.architecture}: its attention cannot keep packed records"
               " apart; micro batches are padded instead", flush=True)
     packing = packing and prepared.packing_supported
+    if packing and shard:
+        packing = False  # every rank must run as many micro batches (each gathers parameters collectively)
+        if rank == 0:
+            print("packing is off while sharding: ranks pad their micro batches so that they run as many", flush=True)
     settings = {"micro_batch_size": mbs, "max_seq_length": max_len, "packing": packing, "pad_id": pad_id,
                 "precision": precision}
     if config.get("offload_activations"):
@@ -412,8 +433,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
                 flush=True,
             )
         if checkpoint_now:
+            # Sharded: every rank gathers the adapters and optimizer state whole; rank 0 writes them.
+            gathered = (full_adapter_state(model), full_optimizer_state(optimizer)) if shard else (None, None)
             if rank == 0:
-                saved = save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler)
+                saved = save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, *gathered)
                 print(f"checkpoint saved: {saved.name}", flush=True)
             if world > 1:
                 torch.distributed.barrier()
@@ -432,8 +455,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - run_started, 2),
         "peak_memory_gib": round(peak_memory_gib(device), 4),
     }
+    whole = {name: full(p.detach()) for name, p in model.named_parameters() if p.requires_grad} if shard else None
     if rank == 0:
-        model.save_pretrained(output_dir / "adapter")
+        model.save_pretrained(output_dir / "adapter", **({"state_dict": whole} if shard else {}))
         sort_adapter_config(output_dir / "adapter" / "adapter_config.json")
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         print(f"training finished at step {step}; adapter saved to {output_dir / 'adapter'}", flush=True)
