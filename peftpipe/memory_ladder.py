@@ -86,6 +86,9 @@ class MemoryLadder:
                 unavailable[rung] = "offload moves checkpointed activations, and checkpointing is forbidden"
             elif rung == "shard" and data_parallel < 2:
                 unavailable[rung] = "needs train.devices > 1"
+            elif rung == "quantize_base" and (policy["shard"] is True or "shard" in steps):
+                # FSDP2 shards parameters as plain tensors; bitsandbytes' packed 4-bit weights are not.
+                unavailable[rung] = "not combined with sharding (FSDP2 does not shard packed 4-bit weights)"
             else:
                 steps.append(rung)
         return cls(start, tuple(steps), unavailable)

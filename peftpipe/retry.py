@@ -32,15 +32,16 @@ class AttemptSettings:
     exclude_nodes: tuple[str, ...] = ()  # nodes a hardware fault was seen on (sbatch --exclude)
     offload_activations: bool = False  # the ladder's offload rung: checkpointed inputs in host memory
     shard: bool = False  # the ladder's shard rung: parameters sharded over the ranks (FSDP2)
+    quantize_base: bool = False  # the ladder's 4-bit rung: frozen base weights in NF4 (QLoRA)
 
     @property
     def memory(self) -> MemoryRungs:
         return MemoryRungs(checkpointing=self.activation_checkpointing, offload=self.offload_activations,
-                           shard=self.shard)
+                           shard=self.shard, quantize_base=self.quantize_base)
 
     def with_memory(self, rungs: MemoryRungs) -> AttemptSettings:
         return replace(self, activation_checkpointing=rungs.checkpointing, offload_activations=rungs.offload,
-                       shard=rungs.shard)
+                       shard=rungs.shard, quantize_base=rungs.quantize_base)
 
     @property
     def mem(self) -> str | None:

@@ -345,8 +345,10 @@ class MemorySpec(StrictModel):
                                  " during the forward pass (hf engine; needs checkpointing).", examples=[False])
     shard: RungSetting = Field("auto", description="Shard the parameters over the node's GPUs (FSDP2; needs"
                                " train.devices > 1; hf engine).", examples=[False])
-    quantize_base: RungSetting = Field("auto", description="Store the frozen base weights in 4 bits (QLoRA). No engine"
-                                       " implements it yet: auto skips it.", examples=[False])
+    quantize_base: RungSetting = Field("auto", description="Store the frozen base weights in 4 bits (QLoRA: NF4 with"
+                                       " bitsandbytes, compute and adapters in the run's precision; hf engine, one"
+                                       " rank or several without shard). The adapter loads on the 16-bit base.",
+                                       examples=[False])
 
 
 class TrainSpec(StrictModel):

@@ -158,6 +158,10 @@ def _check_memory_ladder(spec: Any, engine: Any) -> list[SpecIssue]:
     if memory.offload is True and memory.checkpointing is False:
         issues.append(SpecIssue("train.memory.offload", "offload moves checkpointed activations, but checkpointing is"
                                 " false", "set train.memory.checkpointing to auto or true"))
+    if memory.shard is True and memory.quantize_base is True:
+        issues.append(SpecIssue("train.memory.quantize_base", "4-bit base weights are not combined with sharding"
+                                " (FSDP2 does not shard packed 4-bit weights)", "set one of shard, quantize_base to"
+                                " false or auto"))
     if memory.shard is True and engine.data_parallel_size(spec) < 2:
         issues.append(SpecIssue("train.memory.shard", "sharding needs more than one GPU", "set train.devices > 1"))
     return issues

@@ -42,24 +42,27 @@ def walk(ladder: MemoryLadder, settings: AttemptSettings, global_batch: int = 8)
         settings = decision.next
 
 
-def test_the_hf_engine_walks_micro_batch_then_checkpointing_then_offload(tmp_path: Path) -> None:
+def test_the_hf_engine_walks_micro_batch_then_checkpointing_offload_and_4bit(tmp_path: Path) -> None:
     ladder = ladder_for(spec(tmp_path))
-    assert ladder.steps == ("checkpointing", "offload")
-    assert ladder.unavailable == {"shard": "needs train.devices > 1", "quantize_base": "not implemented by engine hf"}
+    assert ladder.steps == ("checkpointing", "offload", "quantize_base")
+    assert ladder.unavailable == {"shard": "needs train.devices > 1"}
     seen = walk(ladder, AttemptSettings(1, 4))
     assert [(mbs, rungs) for mbs, rungs, _ in seen] == [
-        (4, "none"), (2, "none"), (1, "none"), (1, "checkpointing"), (1, "checkpointing + offload")]
+        (4, "none"), (2, "none"), (1, "none"), (1, "checkpointing"), (1, "checkpointing + offload"),
+        (1, "checkpointing + offload + quantize_base")]
+    assert "next rung: 4-bit base weights (QLoRA)" in seen[4][2]
     assert "next rung: activation checkpointing" in seen[2][2]
     assert "next rung: checkpointed activations offloaded to pinned host memory" in seen[3][2]
     assert "top of the memory ladder" in seen[-1][2] and "shard: needs train.devices > 1" in seen[-1][2]
 
 
 def test_a_forbidden_rung_is_skipped_and_named(tmp_path: Path) -> None:
-    ladder = ladder_for(spec(tmp_path, **{"train.memory": {"checkpointing": False}}))
+    ladder = ladder_for(spec(tmp_path, **{"train.memory": {"checkpointing": False, "quantize_base": False}}))
     assert ladder.steps == ()
     seen = walk(ladder, AttemptSettings(1, 1))
     assert len(seen) == 1 and "checkpointing: forbidden by train.memory" in seen[0][2]
     assert "offload: offload moves checkpointed activations, and checkpointing is forbidden" in seen[0][2]
+    assert "quantize_base: forbidden by train.memory" in seen[0][2]
 
 
 def test_pinned_rungs_start_the_first_attempt_and_reach_the_training_config(tmp_path: Path) -> None:
@@ -69,14 +72,15 @@ def test_pinned_rungs_start_the_first_attempt_and_reach_the_training_config(tmp_
     config = command.training_config(pinned, tmp_path, RunPaths(tmp_path / "run"), first.micro_batch_size,
                                      first.activation_checkpointing, first.offload_activations)
     assert (config["activation_checkpointing"], config["offload_activations"]) == (True, True)
-    # The older spelling pins checkpointing too; the ladder then only adds offload.
-    assert ladder_for(spec(tmp_path, **{"train.activation_checkpointing": True})).steps == ("offload",)
+    # The older spelling pins checkpointing too; the ladder then adds offload and the 4-bit base.
+    assert ladder_for(spec(tmp_path, **{"train.activation_checkpointing": True})).steps == ("offload", "quantize_base")
 
 
 def test_with_several_gpus_the_hf_ladder_ends_with_sharding(tmp_path: Path) -> None:
     ladder = ladder_for(spec(tmp_path, **{"train.devices": 2}))
     assert [c.describe() for c in ladder.configurations()] == [
         "none", "checkpointing", "checkpointing + offload", "checkpointing + offload + shard"]
+    assert ladder.unavailable["quantize_base"].startswith("not combined with sharding")
     seen = walk(ladder, AttemptSettings(1, 1), global_batch=8)
     assert "next rung: parameters sharded across the node's GPUs (FSDP2)" in seen[-2][2]
     settings = AttemptSettings(1, 1).with_memory(MemoryRungs(checkpointing=True, offload=True, shard=True))
@@ -92,7 +96,7 @@ def test_engines_without_offload_keep_the_old_ladder(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("memory", "field", "problem"), [
-    ({"quantize_base": True}, "train.memory.quantize_base", "does not implement this rung"),
+    ({"quantize_base": True, "shard": True}, "train.memory.quantize_base", "not combined with sharding"),
     ({"shard": True}, "train.memory.shard", "sharding needs more than one GPU"),
     ({"offload": True, "checkpointing": False}, "train.memory.offload", "checkpointing is false"),
 ])
@@ -117,8 +121,11 @@ def test_the_preflight_climbs_only_as_far_as_an_efficient_micro_batch_needs(tmp_
     assert (small.memory.describe(), small.micro_batch_size) == ("checkpointing + offload", 4)
     assert "only micro batch 2 fits" in small.walked[1] and "trying the next rung" in small.walked[1]
     assert "memory rungs: checkpointing + offload" in small.describe()
+    # 16 GiB: the 8B shape fits only with its base in 4 bits (5.7 GiB of NF4 weights instead of 15).
     tiny = choose_micro_batch(run, LLAMA_8B, 16.0)
-    assert not tiny.fits and "out of reach: shard: needs train.devices > 1" in tiny.walked[-1]
+    assert tiny.fits and tiny.memory.quantize_base and "+ 4-bit base weights (QLoRA)" in tiny.walked[-1]
+    hopeless = choose_micro_batch(run, LLAMA_8B, 4.0)
+    assert not hopeless.fits and "out of reach: shard: needs train.devices > 1" in hopeless.walked[-1]
 
 
 # Peaks of the hf engine (Liger installed) on one H200, seq 2048, bf16, LoRA r16 q/k/v/o, one sitting

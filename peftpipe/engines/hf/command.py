@@ -24,7 +24,7 @@ def peft_settings(spec: RunSpec) -> dict[str, Any]:
 
 def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batch_size: int | None = None,
                     activation_checkpointing: bool | None = None, offload_activations: bool = False,
-                    shard: bool = False) -> dict[str, Any]:
+                    shard: bool = False, quantize_base: bool = False) -> dict[str, Any]:
     """The training script's config; the overrides are what OOM retries and the memory ladder change."""
     train = spec.train
     return {
@@ -49,6 +49,7 @@ def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batc
         else activation_checkpointing,
         "offload_activations": offload_activations,
         "shard": shard,
+        "quantize_base": quantize_base,
         "packing": train.packing and spec.peft.method != "ptuning",
     }
 

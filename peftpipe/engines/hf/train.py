@@ -316,9 +316,15 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
 
     # The shard rung (FSDP2): peft's own projection forward, which reads the gathered weights each call.
     shard = bool(config.get("shard")) and world > 1
-    base = load_base_model(config["model_path"], precision, device)
+    quantize_base = bool(config.get("quantize_base"))
+    if quantize_base and shard:
+        raise ValueError("quantize_base is not combined with shard: FSDP2 does not shard packed 4-bit weights")
+    base = load_base_model(config["model_path"], precision, device, quantize_base)
     prepared = prepare_model(base, config["peft"], device, config["activation_checkpointing"], fuse=not shard)
     model = prepared.model
+    if quantize_base:
+        prepared.features.append("base weights in 4 bits (NF4, double quantization, bitsandbytes); LoRA in"
+                                 f" {precision}")
     found = latest_intact_state(checkpoint_dir, say=lambda line: print(line, flush=True) if rank == 0 else None)
     if found is not None:
         from peft import set_peft_model_state_dict
