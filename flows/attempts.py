@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from peftpipe.attempts import AttemptRecord, FinetuneGaveUp, first_attempt, run_attempts
 from peftpipe.engines import engine_for
+from peftpipe.experiment_loggers import MetricsFollower, flat_params, open_loggers
 from peftpipe.paths import RunPaths
 from peftpipe.preflight import memory_estimator, model_config, preflight
 from peftpipe.results import TrainResult
@@ -54,7 +57,8 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
 
     first = first_attempt(spec, micro_batch_size, resumed_attempt(loaded, paths, "finetune", logger.warning), memory)
     # About 20 redraws over a run, whatever its length.
-    chart = LiveTrainingChart(paths, spec.train.max_steps, spec.name, every_steps=spec.train.max_steps // 20)
+    chart = LiveTrainingChart(paths, spec.train.max_steps, spec.name, every_steps=spec.train.max_steps // 20,
+                              loggers=experiment_loggers(loaded, paths, logger.warning))
     try:
         with chart:
             return run_attempts(spec, first, run_one, on_records=remember,
@@ -66,6 +70,19 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
         # one card per attempt on the flow run's page.
         if records:
             _publish_attempts(records)
+
+
+def experiment_loggers(loaded: LoadedSpec, paths: RunPaths, say: Callable[[str], Any]) -> MetricsFollower | None:
+    """The spec's ``train.loggers``, with the hyperparameters that make the run (MLflow's params)."""
+    spec = loaded.spec
+    if not spec.train.loggers:
+        return None
+    method = spec.peft.method
+    peft = {"method": method, **({method: getattr(spec.peft, method).model_dump(mode="json")}
+                                 if hasattr(spec.peft, method) else {})}
+    params = flat_params({"engine": spec.engine, "model": spec.model.model_dump(mode="json", exclude_none=True),
+                          "peft": peft, "train": spec.train.model_dump(mode="json", exclude={"loggers"})})
+    return open_loggers(spec.train.loggers, paths.finetune_dir, spec.name, paths.run_id, params, say)
 
 
 def _publish_attempts(records: list[AttemptRecord]) -> None:

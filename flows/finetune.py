@@ -19,6 +19,7 @@ from blocks.slurm_cluster import SlurmCluster
 from peftpipe.validation import SpecError, load_spec
 from flows.attempts import finetune_with_retries
 from flows.baseline import baseline_wanted, publish_baseline_artifact
+from flows.log_shipping import hold_logs_through_outages, keep_unsent_lines_in
 from flows.runs_table import publish_runs_table
 from flows.ui_artifacts import publish_run_artifacts
 from peftpipe.engines import engine_for
@@ -29,6 +30,8 @@ from tasks.prepare_engine import prepare_engine
 from tasks.publish import publish
 
 DEFAULT_SPEC = "examples/tiny/spec.yaml"
+# Flow-run log lines the Prefect API never took (it was down when the process ended), in the run directory.
+UNSENT_LOG = "flow-run-log.unsent.txt"
 # Top-level parameters of the deployment (what `prefect deployment run --param` takes) and the
 # spec keys they override; anything else goes through `overrides` with dotted keys.
 PARAMETER_KEYS = {
@@ -84,8 +87,8 @@ def _run_name() -> str:
     return current_flow_run.parameters.get("run_id") or "finetune-pending"
 
 
-def _name_flow_run(run_id: str) -> None:
-    """Rename the flow run to the generated run id, so the UI, the CLI and the cancel hook show it."""
+def name_flow_run(run_id: str) -> None:
+    """Rename the flow run to the generated run id (or sweep id), so the UI, the CLI and the cancel hook show it."""
     from prefect.client.orchestration import get_client
 
     flow_run_id = current_flow_run.id
@@ -113,6 +116,7 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
 
     The spec is validated with every override before any stage starts or any job is submitted.
     """
+    hold_logs_through_outages()
     if run_id is not None:
         check_run_id(run_id, "run_id parameter")
     changes = spec_overrides(overrides, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
@@ -120,11 +124,12 @@ def finetune(spec_path: str = DEFAULT_SPEC, run_id: str | None = None, micro_bat
     loaded = load_or_log(spec_path, changes)
     if run_id is None:
         run_id = stages.new_run_id(loaded.spec.name)
-        _name_flow_run(run_id)
+        name_flow_run(run_id)
     if loaded.spec.evaluation.baseline is None:
         changes = {**changes, "evaluation.baseline": baseline_wanted(loaded, run_id)}
         loaded = load_or_log(spec_path, changes)
     paths = stages.run_paths(loaded, run_id)
+    keep_unsent_lines_in(current_flow_run.id, paths.root / UNSENT_LOG)
     with run_directory_lock(paths.root):
         return _run_stages(loaded, paths, run_id)
 

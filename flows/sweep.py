@@ -3,7 +3,10 @@
 Each child is a full ``finetune`` subflow run (its own OOM retries, its own page in the UI); its
 GPU jobs take slots of the same global concurrency limit as any other run. Children run one
 after another; every child splits the data with the same ``train.seed``, so all are scored on
-the same test set (unless ``train.seed`` itself is swept).
+the same test set (unless ``train.seed`` itself is swept). Not in threads: two children started
+at once as task-wrapped subflows in one process failed on transformers' lazy imports (``cannot
+import name 'AutoConfig'`` in one of them); concurrent children would need processes of their own
+(e.g. deployment runs).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run as current_flow_run
 
-from flows.finetune import DEFAULT_SPEC, finetune, load_or_log
+from flows.finetune import DEFAULT_SPEC, name_flow_run, finetune, load_or_log
 from flows.store import artifact_store
 from peftpipe import stages
 from peftpipe.promotion import is_better, promote, read_promoted
@@ -21,7 +25,11 @@ from peftpipe.run_table import collect_runs, comparison
 from peftpipe.sweep import best_child, child_run_id, expand_grid
 
 
-@flow(name="sweep", log_prints=True, validate_parameters=True)
+def _sweep_name() -> str:
+    return current_flow_run.parameters.get("sweep_id") or "sweep-pending"
+
+
+@flow(name="sweep", flow_run_name=_sweep_name, log_prints=True, validate_parameters=True)
 def sweep(grid: dict[str, list[Any]], spec_path: str = DEFAULT_SPEC, sweep_id: str | None = None,
           overrides: dict[str, Any] | None = None, promote_best: bool = False) -> dict[str, Any]:
     """Fine-tune once per point of ``grid`` and compare the runs.
@@ -39,7 +47,9 @@ def sweep(grid: dict[str, list[Any]], spec_path: str = DEFAULT_SPEC, sweep_id: s
     # Every point is validated before the first child starts: a bad value fails the sweep, not child 3.
     checked = [load_or_log(spec_path, {**common, **point}) for point in points]
     spec = checked[0].spec
-    sweep_id = sweep_id or stages.new_run_id(f"{spec.name}-sweep")
+    if sweep_id is None:
+        sweep_id = stages.new_run_id(f"{spec.name}-sweep")
+        name_flow_run(sweep_id)  # the UI and the children's parent link show the sweep id, not a random name
     results: list[dict[str, Any]] = []
     for index, point in enumerate(points):
         run_id = child_run_id(sweep_id, index)

@@ -5,7 +5,8 @@ Slurm job, on the shared file system) every few seconds, across all attempts: it
 progress artifact to the latest step, and every ``every_steps`` steps redraws the chart
 (:mod:`peftpipe.charts`) into ``finetune/training_chart.png`` and into one markdown artifact
 that embeds it. Both artifacts are created once, in the flow, and then updated in place, so the
-page shows one card of each, never one per update.
+page shows one card of each, never one per update. The spec's experiment loggers
+(:mod:`peftpipe.experiment_loggers`) are fed from the same reads.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
 from peftpipe.charts import CHART_FILE, render_training_chart
+from peftpipe.experiment_loggers import MetricsFollower
 from peftpipe.paths import RunPaths
 from peftpipe.train_metrics import read_records
 
@@ -43,8 +45,10 @@ def chart_markdown(png: Path, records: list[dict[str, Any]], max_steps: int) -> 
 class LiveTrainingChart:
     """Use as a context manager around the attempts; the last redraw happens on exit."""
 
-    def __init__(self, paths: RunPaths, max_steps: int, title: str, every_steps: int = 5):
+    def __init__(self, paths: RunPaths, max_steps: int, title: str, every_steps: int = 5,
+                 loggers: MetricsFollower | None = None):
         self.paths, self.max_steps, self.title, self.every_steps = paths, max_steps, title, max(1, every_steps)
+        self.loggers = loggers  # the spec's experiment loggers, fed from the same records
         self.png = paths.finetune_dir / CHART_FILE
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,11 +68,15 @@ class LiveTrainingChart:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
-        self.update(final=True)
+        try:
+            self.update(final=True)
+        finally:
+            if self.loggers is not None:
+                self.loggers.close(succeeded=exc_type is None)
 
     def _watch(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -79,6 +87,8 @@ class LiveTrainingChart:
 
     def update(self, final: bool = False) -> None:
         records = read_records(self.paths.train_metrics_file)
+        if self.loggers is not None:
+            self.loggers.feed(records)  # never raises: a failing logger is reported and left out
         if not records:
             return
         step = int(records[-1]["step"])

@@ -40,6 +40,10 @@ def fatal_line(line: str) -> str | None:
 
 
 _LAUNCHER_NOISE = re.compile(r"^(srun|slurmstepd):")
+# torchrun's closing report (a rule of '=' signs, "Root Cause", "exitcode: 1", "error_file: <N/A>") says
+# that a rank failed, never why; the rank's own exception line, printed above it, does.
+_BANNER = re.compile(r"^[=\-*]{5,}$|^(Root Cause|Failures|exitcode|error_file|traceback|time|host|rank|local_rank)\b")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit)\b(?::|$)")
 
 STATE_KINDS = {
     "OUT_OF_MEMORY": FailureKind.HOST_OOM,
@@ -69,9 +73,18 @@ def diagnose(slurm_state: str | None, exit_code: int | None, log_tail: str) -> D
             return Diagnosis(signature.kind, _with_context(signature.kind, lines, found))
     if state in STATE_KINDS:
         return Diagnosis(STATE_KINDS[state], f"Slurm state {slurm_state}")
+    return Diagnosis(FailureKind.UNKNOWN, _unknown_evidence(lines) or f"exit code {exit_code}, state {slurm_state or 'unknown'}")
+
+
+def _unknown_evidence(lines: list[str]) -> str:
+    """The last exception a rank raised, else the last line that is not the launcher's own report."""
+    exception = next((line for line in reversed(lines)
+                      if _EXCEPTION_LINE.match(line) and "ChildFailedError" not in line), None)  # torchrun's own
+    if exception is not None:
+        return exception
     # srun's and slurmstepd's own lines report that a task ended, not why.
-    last = next((line for line in reversed(lines) if line and not _LAUNCHER_NOISE.match(line)), "")
-    return Diagnosis(FailureKind.UNKNOWN, last or f"exit code {exit_code}, state {slurm_state or 'unknown'}")
+    return next((line for line in reversed(lines)
+                 if line and not _LAUNCHER_NOISE.match(line) and not _BANNER.match(line)), "")
 
 
 def _last_match(signature: Signature, lines: list[str]) -> int | None:

@@ -7,6 +7,7 @@ tail to decide the next attempt.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from peftpipe.backends import StageOutcome
 
@@ -36,3 +37,12 @@ class TrainResult:
     log_file: str
     job_id: str | None = None
     started_at: float | None = None
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any], micro_batch_size: int, outcome: StageOutcome) -> TrainResult:
+        """From an engine's ``train_summary.json`` fields and the finished job; a null loss (none recorded) is NaN."""
+        loss = summary["final_loss"]
+        return cls(final_step=summary["final_step"], final_loss=float("nan") if loss is None else loss,
+                   resumed_from_step=summary["resumed_from_step"], wall_time_s=summary["wall_time_s"],
+                   peak_memory_gib=summary["peak_memory_gib"], micro_batch_size=micro_batch_size,
+                   log_file=str(outcome.log_file), job_id=outcome.job_id, started_at=outcome.started_at)

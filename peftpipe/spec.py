@@ -392,6 +392,12 @@ class TrainSpec(StrictModel):
         "of padding each micro batch to its longest record. Ignored for p-tuning, whose virtual tokens lead every row.",
     )
     max_attempts: int = Field(4, gt=0, description="Attempts of the fine-tune stage, retries on failure included.")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Experiment loggers fed from the per-step metrics while training runs "
+        "(off by default; `pip install 'peftpipe[loggers]'`): tensorboard writes event files to "
+        "finetune/tensorboard/, mlflow one run named after the run id, in MLFLOW_TRACKING_URI if the flow's "
+        "environment sets it, else in finetune/mlflow.db; both are published with the run.",
+        examples=[["tensorboard", "mlflow"]])
 
     @property
     def data_parallel_size(self) -> int:

@@ -21,6 +21,7 @@ from peftpipe.backends import LineSink
 from peftpipe.data.fingerprints import FINGERPRINTS_FILE, write_fingerprints
 from peftpipe.data.prepare import PreparedData, default_cache_dir, prepare_dataset
 from peftpipe.engines import engine_for
+from peftpipe.experiment_loggers import logger_files
 from peftpipe.hub.adapter_reference import point_at_hub
 from peftpipe.hub.fetch import DEFAULT_TOKEN_HINT, FetchedModel, fetch_model, use_local_model
 from peftpipe.paths import RunPaths
@@ -102,6 +103,7 @@ def publish_stage(loaded: LoadedSpec, paths: RunPaths, run_id: str, model: Fetch
     }
     point_at_hub(paths.adapter_dir, model.repo_id, model.commit_sha)
     files = engine_for(loaded.spec.engine).run_files(loaded, paths)
+    files.update(logger_files(paths.finetune_dir))  # TensorBoard events, MLflow's store: whatever the engine
     # What the adapter trained on, record by record, so a later comparison can tell a leaked test set.
     files[f"data/{FINGERPRINTS_FILE}"] = write_fingerprints(paths.data_file("train"),
                                                             paths.data_dir / FINGERPRINTS_FILE)

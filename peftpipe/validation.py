@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from peftpipe.memory_ladder import RUNGS
 from peftpipe.engines import engine_for
+from peftpipe.experiment_loggers import INSTALL_HINT, missing_packages
 from peftpipe.spec_issues import SpecError, SpecIssue
 from peftpipe.spec import (
     CUSTOM_FORMATS,
@@ -126,6 +127,10 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     if spec.evaluation.select_metric not in spec.evaluation.metrics:
         issues.append(SpecIssue("evaluation.select_metric", f"{spec.evaluation.select_metric!r} is not computed",
                                 "add it to evaluation.metrics or choose one of them"))
+    missing = missing_packages(train.loggers)
+    if missing:
+        issues.append(SpecIssue("train.loggers", f"{', '.join(missing)} is not installed here",
+                                f"{INSTALL_HINT}, or remove {', '.join(missing)}"))
     model_problems = _check_model(loaded)
     issues += model_problems or _check_model_fit(loaded)
     issues += _check_dataset(loaded)

@@ -10,4 +10,5 @@ cd "$(dirname "$0")/.."
 # Debian's chromium for the UI test (tests/test_ui_browser.py); a no-op when installed.
 ./scripts/setup_browser.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv/bin/python -m pytest -q "$@"
+# The slowest tests, so a CI log shows where the suite's time goes.
+exec .venv/bin/python -m pytest -q --durations=25 "$@"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.prefect_stack import prefect_stack, slurm_deployment_run  # noqa: F401 - fixtures
+from tests.prefect_stack import own_prefect_server, prefect_stack, slurm_deployment_run  # noqa: F401 - fixtures
 from tests.s3_fixtures import own_s3_server, s3_server  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]

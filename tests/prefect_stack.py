@@ -132,3 +132,53 @@ def slurm_deployment_run(prefect_stack: Stack, hub_endpoint: str, slurm_cluster:
                                    "--param", f"run_id={run_id}", "--param", "micro_batch_size=4", "--watch")
     output = result.stdout + result.stderr
     return DeploymentRun(run_id_of(output), run_id, result.returncode, output, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class OwnServer:
+    """A Prefect server alone (`start_prefect_stack.sh --server-only`) on a fixed port, so a test can
+    stop it and start it again at the same address, as an outage does to its clients."""
+
+    scripts_env: dict[str, str]
+    env: dict[str, str]  # for clients: PREFECT_API_URL and their own PREFECT_HOME
+
+    @property
+    def api_url(self) -> str:
+        return self.env["PREFECT_API_URL"]
+
+    def start(self) -> None:
+        done = subprocess.run([str(REPO / "scripts" / "start_prefect_stack.sh"), "--server-only"], cwd=REPO,
+                              env=self.scripts_env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def stop(self) -> None:
+        subprocess.run([str(REPO / "scripts" / "stop_prefect_stack.sh")], cwd=REPO, env=self.scripts_env,
+                       capture_output=True, timeout=120)
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return Stack(self.api_url, Path(), self.env).api(method, path, body)
+
+    def active_slots(self, limit: str) -> int:
+        return self.api("GET", f"/v2/concurrency_limits/{limit}")["active_slots"]
+
+
+@pytest.fixture(scope="session")
+def own_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServer]:
+    """One restartable server for the session's outage tests (about 15 s to start); each test leaves it up."""
+    import socket
+
+    directory = tmp_path_factory.mktemp("own-prefect-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scripts_env = {**os.environ, "STACK_DIR": str(directory / "stack"), "PREFECT_PORT": str(port),
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_HOME"):
+        scripts_env.pop(name, None)
+    server = OwnServer(scripts_env, {**scripts_env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                                     "PREFECT_HOME": str(directory / "client"), "COLUMNS": "200"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

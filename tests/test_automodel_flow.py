@@ -103,8 +103,10 @@ def test_slurm_two_ranks_ddp_on_gloo(tmp_path: Path, hub_endpoint: str, prefect_
         "train.devices": 2, "train.micro_batch_size": 2, "execution.backend": "slurm",
         "execution.slurm": {"mem": "4G", "cpus_per_task": 1, "poll_max_interval_s": 5}})
     state = finetune(spec_path=str(spec), run_id="am-slurm", return_state=True)
-    assert state.is_completed(), state.result(raise_on_failure=False)
     run_dir = tmp_path / "runs" / "am-slurm"
+    # On failure, the jobs' own logs: the flow's message carries one line of evidence only.
+    assert state.is_completed(), (state.result(raise_on_failure=False),
+                                  [log.read_text()[-6000:] for log in run_dir.glob("finetune/attempt-*/slurm-*.out")])
     attempt = run_dir / "finetune" / "attempt-1"
     script = (attempt / "job.sbatch").read_text()
     assert "--nproc_per_node=2" in script and str(REPO / ".venv-automodel" / "bin" / "python") in script

@@ -36,6 +36,8 @@ CASES = [
      "AssertionError: {output} must be at the end of prompt_template."),
     ("nemo_multiple_last.log", "FAILED", 1, FailureKind.CONFIG_ERROR, "ValueError: Multiple checkpoints [PosixPath("),
     ("unknown.log", "FAILED", 139, FailureKind.UNKNOWN, "Segmentation fault (core dumped)"),
+    # torchrun's closing report hides the cause: the rank's exception above it is the evidence.
+    ("torchrun_unknown.log", "FAILED", 1, FailureKind.UNKNOWN, "KeyError: \"column 'context' not found\""),
     ("completed.log", "COMPLETED", 0, FailureKind.NONE, ""),
 ]
 

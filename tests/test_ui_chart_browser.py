@@ -38,9 +38,11 @@ def test_chart_updates_while_training_and_is_published(prefect_stack: Stack, hub
     subprocess.run([*python, "init", str(spec), "--model", str(hub_root / "peftpipe" / "tiny-llama"), "--format",
                     "squad", "--data", "squad.json", "--name", "chart-demo"], check=True, capture_output=True,
                    cwd=tmp_path)
-    # 40 steps: the chart is redrawn every 2 steps, so it shows up long before training ends.
-    run = subprocess.Popen([*python, "run", str(spec), "--run-id", "chart-demo-1", "--set", "train.max_steps=40",
-                            "--set", "train.checkpoint_every=10", "--set", "train.learning_rate=0.01",
+    # 400 steps (about 15 s of training on a free core, 0.04 s a step): the watcher polls every 2 s and the
+    # chart is redrawn every 20 steps, so it is seen mid-training. At 40 steps training took under 2 s and
+    # on a loaded CI machine the run could end before the first mid-training redraw was observed.
+    run = subprocess.Popen([*python, "run", str(spec), "--run-id", "chart-demo-1", "--set", "train.max_steps=400",
+                            "--set", "train.checkpoint_every=100", "--set", "train.learning_rate=0.01",
                             "--set", "evaluation.max_records=4"],
                            cwd=tmp_path, env=prefect_stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
@@ -66,13 +68,13 @@ def test_chart_updates_while_training_and_is_published(prefect_stack: Stack, hub
                     progress = (artifacts.get("training-progress") or [{}])[0]
                     if "data:image/png;base64," in str(chart.get("data")) and 0 < (progress.get("data") or 0) < 100:
                         break
-                    time.sleep(1)
+                    time.sleep(0.3)
                 page.goto(f"{prefect_stack.ui_url}/v2/artifacts/artifact/{chart['id']}")
                 expect(page.get_by_alt_text("training and validation loss, learning rate")).to_be_visible(
                     timeout=60_000)
                 page.screenshot(path=str(OUTPUT / "ui-training-chart-during.png"), full_page=True)
                 during_step = int(str(chart["data"]).split("step ", 1)[1].split(" ", 1)[0])
-                assert during_step < 40
+                assert during_step < 400
 
                 output, _ = run.communicate(timeout=400)
                 assert run.returncode == 0, output
@@ -81,7 +83,7 @@ def test_chart_updates_while_training_and_is_published(prefect_stack: Stack, hub
                     assert len(artifacts.get(key, [])) == 1, f"{key}: {len(artifacts.get(key, []))} cards"
                 chart = artifacts["training-chart"][0]
                 assert artifacts["training-progress"][0]["data"] == 100.0
-                assert "step 40 of 40" in chart["data"]
+                assert "step 400 of 400" in chart["data"]
                 page.goto(f"{prefect_stack.ui_url}/v2/artifacts/artifact/{chart['id']}")
                 image = page.get_by_alt_text("training and validation loss, learning rate")
                 expect(image).to_be_visible(timeout=60_000)

@@ -89,17 +89,7 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, settin
     accumulation = spec.train.global_batch_size // (settings.micro_batch_size * data_parallel_size(spec))
     wall = time.time() - outcome.started_at if outcome.started_at else float("nan")
     summary = collect_outputs(paths, outcome.log_file, settings.micro_batch_size, accumulation, wall)
-    return TrainResult(
-        final_step=summary["final_step"],
-        final_loss=summary["final_loss"],
-        resumed_from_step=summary["resumed_from_step"],
-        wall_time_s=summary["wall_time_s"],
-        peak_memory_gib=summary["peak_memory_gib"],
-        micro_batch_size=settings.micro_batch_size,
-        log_file=str(outcome.log_file),
-        job_id=outcome.job_id,
-        started_at=outcome.started_at,
-    )
+    return TrainResult.from_summary(summary, settings.micro_batch_size, outcome)
 
 
 def run_files(loaded: LoadedSpec, paths: RunPaths) -> dict[str, Path]:

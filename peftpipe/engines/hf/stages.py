@@ -65,17 +65,7 @@ def finetune_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, settin
     if not outcome.succeeded:
         raise StageFailed("finetune", outcome)
     summary = json.loads(paths.train_summary_file.read_text())
-    return TrainResult(
-        final_step=summary["final_step"],
-        final_loss=float("nan") if summary["final_loss"] is None else summary["final_loss"],  # null: none recorded
-        resumed_from_step=summary["resumed_from_step"],
-        wall_time_s=summary["wall_time_s"],
-        peak_memory_gib=summary["peak_memory_gib"],
-        micro_batch_size=settings.micro_batch_size,
-        log_file=str(outcome.log_file),
-        job_id=outcome.job_id,
-        started_at=outcome.started_at,
-    )
+    return TrainResult.from_summary(summary, settings.micro_batch_size, outcome)
 
 
 def evaluate_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, on_line: LineSink = print,
