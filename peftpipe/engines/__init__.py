@@ -20,8 +20,8 @@ The spec's ``engine`` field accepts the names in ``ENGINES``. What an engine mus
 - ``validate(loaded)``: the engine's own checks of the spec, as a list of
   :class:`~peftpipe.spec_issues.SpecIssue` (never raise for a bad spec);
 - ``data_parallel_size(spec)``: the ranks the global batch is split over; what a retry's smaller
-  micro batch must divide (the retry may change micro batch, gradient accumulation, activation
-  checkpointing and host memory: :class:`~peftpipe.retry.AttemptSettings`);
+  micro batch must divide (the retry may change micro batch, gradient accumulation, the memory
+  rungs it offers and host memory: :class:`~peftpipe.retry.AttemptSettings`);
 - ``job(loaded, paths, stage, settings, model_path)``: THE job builder. It returns the stage's
   :class:`~peftpipe.backends.StageCommand`: program, ranks, the Slurm
   :class:`~peftpipe.slurm.render.JobRequest` and the attempt's config files. ``peftpipe render``
