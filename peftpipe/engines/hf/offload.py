@@ -27,7 +27,9 @@ class HostOffload:
     def __init__(self, model: torch.nn.Module, device: torch.device, min_bytes: int = MIN_OFFLOAD_BYTES):
         self.device = device
         self.min_bytes = min_bytes
-        self.parameter_storage = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        # Sharded (FSDP2) parameters are DTensors: their local shard holds the storage.
+        self.parameter_storage = {getattr(p, "_local_tensor", p).untyped_storage().data_ptr()
+                                  for p in model.parameters()}
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.offloaded_bytes = 0  # since the last ``take_offloaded_bytes``
 

@@ -8,6 +8,10 @@ them as the unsharded engine does, so a sharded run resumes from an unsharded ch
 and the published adapter is a plain PEFT adapter. On loading, full optimizer tensors are cut to
 each rank's shard again (``shard_optimizer_state``).
 
+The model is loaded in host memory and ``fully_shard`` moves each unit's shard to the GPU, so no GPU
+holds the whole model; the frozen output projection the engine detaches for its fused loss is not
+part of any unit and is copied whole to every GPU (1 GiB for Llama-3-8B's vocabulary).
+
 Every forward pass gathers parameters collectively, so all ranks must run the same number of micro
 batches: the training script pads micro batches (no packing) when sharding.
 """

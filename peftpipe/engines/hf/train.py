@@ -319,7 +319,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     quantize_base = bool(config.get("quantize_base"))
     if quantize_base and shard:
         raise ValueError("quantize_base is not combined with shard: FSDP2 does not shard packed 4-bit weights")
-    base = load_base_model(config["model_path"], precision, device, quantize_base)
+    # Sharded, the whole model never sits on one GPU: it loads in host memory and fully_shard moves each
+    # layer's shard to the GPU as it shards it.
+    base = load_base_model(config["model_path"], precision, torch.device("cpu") if shard else device, quantize_base)
     prepared = prepare_model(base, config["peft"], device, config["activation_checkpointing"], fuse=not shard)
     model = prepared.model
     if quantize_base:
@@ -332,6 +334,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         set_peft_model_state_dict(model, found[1]["adapter"])  # before sharding: the full adapter
     if shard:
         units = shard_model(model, device, world)
+        if prepared.head_weight is not None:  # the detached output projection is no longer in the model
+            prepared.head_weight = prepared.head_weight.to(device)
         prepared.features.append(f"parameters sharded over {world} ranks (FSDP2, {units} decoder layers + root)")
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
