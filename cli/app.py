@@ -12,6 +12,7 @@ from rich.console import Console
 from cli.artifacts import app as artifacts_app
 from cli.comparison import print_base_vs_adapter
 from cli.data import data_app
+from cli.export import export
 from cli.generate import generate
 from cli.render import render
 from cli.runs import runs
@@ -24,6 +25,7 @@ app.add_typer(hub_app, name="hub")
 app.add_typer(data_app, name="data")
 app.command()(render)
 app.command()(generate)
+app.command()(export)
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(spec_app, name="spec")
 app.command()(init)
@@ -142,6 +144,8 @@ def hub_serve(
     host: str = "127.0.0.1",
     port: int = 0,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here once listening.")] = None,
+    writable: Annotated[bool, typer.Option(help="Also take pushes (create_repo, upload_folder) into ROOT; with"
+                                                 " PEFTPIPE_HUB_WRITE_TOKEN set, only with that token.")] = False,
 ) -> None:
     """Serve ROOT/<owner>/<name>/ repositories to huggingface_hub (use HF_ENDPOINT=http://HOST:PORT)."""
     from peftpipe.hub.mirror import MirrorRoot, make_server
@@ -151,7 +155,8 @@ def hub_serve(
                      markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(INVALID_SPEC_EXIT)
     try:
-        server = make_server(MirrorRoot(root), host, port)
+        mirror = MirrorRoot(root, writable=writable, write_token=os.environ.get("PEFTPIPE_HUB_WRITE_TOKEN") or None)
+        server = make_server(mirror, host, port)
     except OSError as error:  # a host that does not resolve, a port in use or not allowed
         errors.print(f"cannot listen on {host}:{port} ({error.strerror or error}). Fix: choose another --host or"
                      " --port (0 picks a free one).", markup=False, highlight=False, soft_wrap=True)

@@ -172,6 +172,27 @@ def publish_directory(store: ArtifactStore, run_id: str, files: dict[str, Path],
     return Published(manifest, sum(o.transferred for o in objects))
 
 
+def add_to_published_run(store: ArtifactStore, run_id: str, files: dict[str, Path], metadata: dict[str, Any]
+                         ) -> Published:
+    """Add ``files`` (e.g. an export) to a complete run: upload them, then rewrite its manifest listing them too.
+
+    The objects already listed keep their entries; ``metadata`` is merged into the manifest. As with
+    :func:`publish_directory`, replacing a listed object with other content removes the manifest first.
+    """
+    previous = store.read_manifest(run_id)
+    if previous is None:
+        raise RunIncomplete(f"run {run_id!r} has no {MANIFEST} at {store.url(run_id)}: it is not published.")
+    if _changes_listed_objects(previous, files):
+        store.remove_manifest(run_id)
+    objects = [store.put_file(run_id, key, path) for key, path in sorted(files.items())]
+    added = {o.key for o in objects}
+    manifest = {**{k: v for k, v in previous.items() if k != "manifest_url"}, **metadata, "run_id": run_id}
+    manifest["objects"] = [o for o in previous["objects"] if o["key"] not in added] + [
+        {"key": o.key, "size": o.size, "sha256": o.sha256} for o in objects]
+    manifest["manifest_url"] = store.write_manifest(run_id, manifest)
+    return Published(manifest, sum(o.transferred for o in objects))
+
+
 def _changes_listed_objects(manifest: dict[str, Any], files: dict[str, Path]) -> bool:
     listed = {o["key"]: (o["size"], o["sha256"]) for o in manifest.get("objects", [])}
     return any(key in listed and listed[key] != (path.stat().st_size, sha256_file(path))

@@ -51,10 +51,10 @@ def serve_mirror(mirror) -> Iterator[str]:  # noqa: ANN001 - a peftpipe.hub.mirr
 
 @pytest.fixture(scope="session")
 def hub_endpoint(hub_root: Path) -> Iterator[str]:
-    """A real Hub-compatible HTTP server on loopback serving ``hub_root``."""
+    """A real Hub-compatible HTTP server on loopback serving ``hub_root``; it takes pushes (peftpipe export --push)."""
     from peftpipe.hub.mirror import MirrorRoot
 
-    with serve_mirror(MirrorRoot(hub_root)) as endpoint:
+    with serve_mirror(MirrorRoot(hub_root, writable=True)) as endpoint:
         yield endpoint
 
 

@@ -119,6 +119,7 @@ class DeploymentRun:
     returncode: int
     output: str
     wall_s: float
+    spec: Path
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +132,7 @@ def slurm_deployment_run(prefect_stack: Stack, hub_endpoint: str, slurm_cluster:
     result = prefect_stack.prefect("deployment", "run", "finetune/tiny", "--param", f"spec_path={spec}",
                                    "--param", f"run_id={run_id}", "--param", "micro_batch_size=4", "--watch")
     output = result.stdout + result.stderr
-    return DeploymentRun(run_id_of(output), run_id, result.returncode, output, time.monotonic() - started)
+    return DeploymentRun(run_id_of(output), run_id, result.returncode, output, time.monotonic() - started, spec)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,13 @@ def store_with_broken_runs(root: Path) -> None:
     for run_id, manifest in manifests.items():
         (root / run_id).mkdir(parents=True)
         (root / run_id / "manifest.json").write_text(manifest)
+    # Published runs export must refuse: a NeMo 1.x .nemo adapter, a p-tuning run asked to merge; and one unpublished.
+    spec_of = {"nemo-run": {"engine": "nemo", "peft": {"method": "lora"}},
+               "ptuning-run": {"engine": "hf", "peft": {"method": "ptuning"}}}
+    for run_id, spec in spec_of.items():
+        (root / run_id).mkdir(parents=True)
+        (root / run_id / "manifest.json").write_text(json.dumps({"objects": [], "spec": spec}))
+    (root / "unpublished" / "adapter").mkdir(parents=True)
     (root / "fine" / "adapter").mkdir()
     (root / "fine" / "adapter" / "a").write_bytes(payload)
     (root / "_promoted").mkdir()
@@ -145,6 +152,13 @@ def broken_cases(work: Path) -> list[tuple[str, list[str]]]:
         ("runs", ["--store", "ftp://host/x"]),
         ("generate", ["../../etc", "--spec", str(spec), "--prompt", "q"]),
         ("generate", ["absent", "--spec", missing, "--prompt", "q"]),
+        ("export", ["../../etc", *store]),
+        ("export", ["absent", *store]),
+        ("export", ["unpublished", *store]),
+        ("export", ["fine", *store]),
+        ("export", ["nemo-run", *store]),
+        ("export", ["ptuning-run", "--merge", *store]),
+        ("export", ["fine", "--spec", missing]),
     ]
 
 

@@ -51,6 +51,27 @@ def test_deployment_run_with_watch_runs_every_stage_on_slurm(slurm_deployment_ru
     assert "manifest.json" in artifacts["run-artifacts"]["data"]
 
 
+def test_export_deployment_merges_the_published_run(slurm_deployment_run: DeploymentRun,
+                                                   prefect_stack: Stack) -> None:
+    """`prefect deployment run 'export/adapter'` on the run just published: merged, parity-checked, stored."""
+    import json
+
+    run = slurm_deployment_run
+    assert run.returncode == 0, run.output
+    result = prefect_stack.prefect("deployment", "run", "export/adapter", "--param", f"spec_path={run.spec}",
+                                   "--param", f"run_id={run.run_id}", "--param", "merge=true",
+                                   "--param", "max_shard_size=200KB", "--watch")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    flow_run_id = run_id_of(output)
+    artifact = prefect_stack.artifacts(flow_run_id)["export"]["data"]
+    assert "Merged model parity: max |logit diff|" in artifact and "greedy generations equal: True" in artifact
+    manifest = json.loads((run.spec.parent / "store" / run.run_id / "manifest.json").read_text())
+    keys = {o["key"] for o in manifest["objects"]}
+    assert {"export/adapter/README.md", "export/merged/model.safetensors.index.json", "export/parity.json"} <= keys
+    assert manifest["export"]["parity"]["max_abs_logit_diff"] <= manifest["export"]["parity"]["tolerance"]
+
+
 def _table(artifact: dict) -> list[dict]:
     import json
 

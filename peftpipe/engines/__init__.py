@@ -36,6 +36,11 @@ The spec's ``engine`` field accepts the names in ``ENGINES``. What an engine mus
 - ``evaluate(loaded, paths, model_path, ...)``: generate and score; the metrics dict;
 - ``run_files(loaded, paths)``: what a finished run publishes, by artifact-store key.
 
+Optional, for engines whose adapter is an HF PEFT folder: ``answer(...)`` (``peftpipe generate``) and
+``merge(model_path, adapter_dir, out_dir, prompts, max_shard_size, tolerance)`` (``peftpipe export
+--merge``: the merged model after the logits parity check, returning its figures). An engine without
+``merge`` (NeMo 1.x's ``.nemo`` adapters) is refused by ``peftpipe export`` with the reason.
+
 File names come from :class:`~peftpipe.paths.RunPaths` (per attempt: ``stage_config``,
 ``job_script``, ``stage_log``); the run id is ``paths.run_id``.
 

@@ -1,4 +1,4 @@
-"""A read-only, Hub-compatible HTTP server over a directory of model repositories.
+"""A Hub-compatible HTTP server over a directory of model repositories (read-only unless made writable).
 
 Clusters without internet keep a mirror of the repositories they use; this server lets
 ``huggingface_hub`` (and so the pipeline's real fetch code) download from such a mirror
@@ -7,7 +7,8 @@ repository info with the commit sha, the recursive file tree, and file ``resolve
 the ``X-Repo-Commit`` and ``ETag`` headers, ``HEAD`` and byte ranges (so interrupted
 downloads resume). For tests, it can drop a connection in the middle of a file once, stall
 (accept requests and never answer), or send more bytes than a file's listed size, and it
-records the requests it served.
+records the requests it served. Made ``writable``, it also takes ``create_repo`` and
+``upload_folder`` pushes (``peftpipe/hub/mirror_writes.py``), with ``write_token`` required if set.
 
 Layout of ``root``: ``<root>/<owner>/<name>/<files...>``. The commit sha of a repository is
 derived from the paths and contents of its files, so it changes whenever a file does.
@@ -54,6 +55,8 @@ class MirrorRoot:
     release: threading.Event = field(default_factory=threading.Event)
     # The latest requests served (method, path, Range), bounded for a long-running mirror.
     requests: deque[tuple[str, str, str | None]] = field(default_factory=lambda: deque(maxlen=1000))
+    writable: bool = False
+    write_token: str | None = None
     _cache: dict[str, tuple[tuple, list[RepoFileEntry]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,6 +117,45 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:  # noqa: N802
         self._route(send_body=False)
+
+    def do_POST(self) -> None:  # noqa: N802
+        from peftpipe.hub import mirror_writes
+
+        path = unquote(urlsplit(self.path).path)
+        self.mirror.record(self.command, path, None)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        match = mirror_writes.WRITE_ROUTES.match(path)
+        if match is None or not self.mirror.writable:
+            self._error(HTTPStatus.FORBIDDEN if match else HTTPStatus.NOT_FOUND, "ReadOnlyMirror",
+                        f"this mirror takes no writes ({path})", True)
+            return
+        token = self.mirror.write_token
+        if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+            self._error(HTTPStatus.UNAUTHORIZED, "Unauthorized", "a write needs the mirror's token", True)
+            return
+        endpoint = f"http://{self.headers.get('Host')}"
+        if path == "/api/validate-yaml":
+            status, answer = HTTPStatus.OK, {"errors": [], "warnings": []}
+        elif path == "/api/repos/create":
+            with self.mirror._lock:
+                status, answer = mirror_writes.create_repo(self.mirror.root, json.loads(body or b"{}"), endpoint)
+        elif self.mirror.repo_dir(match["repo"]) is None:
+            status, answer = HTTPStatus.NOT_FOUND, {"error": f"Repository {match['repo']} not found."}
+        elif match["kind"] == "preupload":
+            status, answer = mirror_writes.preupload(json.loads(body or b"{}"))
+        else:
+            with self.mirror._lock:
+                status, answer = mirror_writes.commit(self.mirror.repo_dir(match["repo"]), body)  # type: ignore[arg-type]
+            if status == HTTPStatus.OK:
+                sha = self.mirror.commit_sha(match["repo"])
+                answer = {"commitUrl": f"{endpoint}/{match['repo']}/commit/{sha}", "commitOid": sha,
+                          "pullRequestUrl": None}
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _route(self, send_body: bool) -> None:
         path = unquote(urlsplit(self.path).path)

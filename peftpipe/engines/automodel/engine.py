@@ -56,5 +56,11 @@ class AutomodelEngine:
     def run_files(self, loaded: LoadedSpec, paths: RunPaths) -> dict[str, Path]:
         return stages.run_files(loaded, paths)
 
+    def merge(self, model_path: Path, adapter_dir: Path, out_dir: Path, prompts: list[str], max_shard_size: str,
+              tolerance: float | None) -> dict[str, Any]:
+        """``peftpipe export --merge``: AutoModel's adapter is a standard PEFT folder, merged as the hf engine does."""
+        return stages.evaluating_engine().merge(model_path, adapter_dir, out_dir, prompts, max_shard_size,  # type: ignore[attr-defined]
+                                                tolerance)
+
 
 ENGINE = AutomodelEngine()

@@ -71,5 +71,17 @@ class HfEngine:
         return answer(model_path, adapter_dir, records, prompt_template, max_seq_length, tokens_to_generate,
                       batch_size)
 
+    def merge(self, model_path: Path, adapter_dir: Path, out_dir: Path, prompts: list[str], max_shard_size: str,
+              tolerance: float | None) -> dict[str, Any]:
+        """``peftpipe export --merge``: base + adapter merged into ``out_dir`` after a logits parity check."""
+        from peftpipe.engines.hf.merge import MergeParityError, merge_with_parity
+
+        try:
+            return merge_with_parity(model_path, adapter_dir, out_dir, prompts, max_shard_size, tolerance)
+        except MergeParityError as error:
+            from peftpipe.export import ExportError
+
+            raise ExportError(str(error)) from None
+
 
 ENGINE = HfEngine()
