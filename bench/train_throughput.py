@@ -47,11 +47,14 @@ from peftpipe.memory import ModelShape, estimate_memory  # noqa: E402
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "vocab_size": 128256, "num_attention_heads": 32,
             "num_key_value_heads": 8, "intermediate_size": 8192, "tie_word_embeddings": True}
+LLAMA_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "intermediate_size": 14336, "tie_word_embeddings": False}
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 512, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 176, "tie_word_embeddings": True}
 # --model: (transformers config class, its arguments). GPT-NeoX shapes from the models' config.json.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-1b": ("LlamaConfig", LLAMA_1B),
+    "llama-8b": ("LlamaConfig", LLAMA_8B),
     "tiny": ("LlamaConfig", TINY),
     "tiny-neox": ("GPTNeoXConfig", {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 512,
                                     "num_attention_heads": 4, "intermediate_size": 256, "tie_word_embeddings": False}),

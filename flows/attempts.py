@@ -41,7 +41,7 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
     def run_one(settings: AttemptSettings) -> TrainResult:
         return finetune(loaded, paths, model_path, settings)
 
-    estimator = None
+    estimator, memory = None, None
     if engine.memory_model:
         config = model_config(spec, model_path)
         estimator = memory_estimator(spec, config) if config else None
@@ -49,13 +49,13 @@ def finetune_with_retries(loaded: LoadedSpec, paths: RunPaths, model_path: Path,
             checked = preflight(spec, config)
             if checked is not None:
                 logger.info(checked.describe())
-                micro_batch_size = checked.micro_batch_size
+                micro_batch_size, memory = checked.micro_batch_size, checked.memory
     records: list[AttemptRecord] = records_out if records_out is not None else []
 
     def remember(latest: list[AttemptRecord]) -> None:
         records[:] = latest
 
-    first = first_attempt(spec, micro_batch_size, resumed_attempt(loaded, paths, "finetune", logger.warning))
+    first = first_attempt(spec, micro_batch_size, resumed_attempt(loaded, paths, "finetune", logger.warning), memory)
     # About 20 redraws over a run, whatever its length.
     chart = LiveTrainingChart(paths, spec.train.max_steps, spec.name, every_steps=spec.train.max_steps // 20,
                               loggers=experiment_loggers(loaded, paths, logger.warning))

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from peftpipe.failures import diagnose
+from peftpipe.engines import ladder_for
+from peftpipe.memory_ladder import MemoryLadder, MemoryRungs
 from peftpipe.retry import AttemptSettings, next_attempt
 from peftpipe.spec import RunSpec, memory_mb
 from peftpipe.results import StageFailed, TrainResult
@@ -40,21 +42,26 @@ class AttemptRecord:
     measured_peak_gib: float | None = None  # what the training script measured (completed attempts)
     last_step: int | None = None  # the last optimizer step this attempt logged (None: it logged none)
     last_loss: float | None = None  # that step's training loss
+    memory: str = "none"  # the memory-ladder rungs this attempt ran with ("checkpointing + offload")
+    decision: str = ""  # what the policy did next and why (the next rung, the smaller micro batch, giving up)
 
     def as_row(self) -> dict[str, object]:
         return asdict(self)
 
 
-def first_attempt(spec: RunSpec, micro_batch_size: int | None = None, attempt: int = 1) -> AttemptSettings:
-    """The spec's settings (or a preflight's smaller micro batch), with the job's memory.
+def first_attempt(spec: RunSpec, micro_batch_size: int | None = None, attempt: int = 1,
+                  memory: MemoryRungs | None = None) -> AttemptSettings:
+    """The spec's settings (or a preflight's smaller micro batch and memory rungs), with the job's memory.
 
     The one place the micro batch defaults to the spec's: everything after reads the settings.
-    ``attempt`` is 1 for a new run; a rerun after a failed job continues the numbering.
+    ``attempt`` is 1 for a new run; a rerun after a failed job continues the numbering. Without
+    ``memory``, the rungs the spec pins on (train.memory, train.activation_checkpointing).
     """
     slurm = spec.execution.slurm
     mem_mb = memory_mb(slurm.mem) if spec.execution.backend == "slurm" else None
-    return AttemptSettings(attempt=attempt, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
-                           activation_checkpointing=spec.train.activation_checkpointing, mem_mb=mem_mb)
+    settings = AttemptSettings(attempt=attempt, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
+                               mem_mb=mem_mb)
+    return settings.with_memory(memory or ladder_for(spec).start)
 
 
 def memory_limit_mb(spec: RunSpec) -> int | None:
@@ -67,16 +74,19 @@ def memory_limit_mb(spec: RunSpec) -> int | None:
 def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[AttemptSettings], TrainResult],
                  on_records: Callable[[list[AttemptRecord]], None] = lambda records: None,
                  log: Callable[[str], None] = print,
-                 estimate_gib: Callable[[int, bool], float] | None = None,
+                 estimate_gib: Callable[[int, MemoryRungs], float] | None = None,
                  data_parallel: int | None = None,
-                 last_logged: Callable[[], tuple[int, float] | None] = lambda: None) -> TrainResult:
+                 last_logged: Callable[[], tuple[int, float] | None] = lambda: None,
+                 ladder: MemoryLadder | None = None) -> TrainResult:
     """Run attempts until one completes, each resuming from the run's latest checkpoint.
 
     ``data_parallel`` is the number of ranks the global batch is split over; default the hf
     engine's (every GPU). The nemo engine passes GPUs / (TP x PP). ``last_logged`` reads the
-    (step, loss) a failed attempt logged last, before the next attempt rewinds the log.
+    (step, loss) a failed attempt logged last, before the next attempt rewinds the log. ``ladder``:
+    the memory rungs an OOM may climb (default: the spec's with its engine's rungs).
     """
     train = spec.train
+    ladder = ladder or ladder_for(spec)
     data_parallel = data_parallel or train.data_parallel_size
     per_rank = train.global_batch_size // data_parallel
     records: list[AttemptRecord] = []
@@ -87,8 +97,8 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
         common = dict(attempt=settings.attempt, micro_batch_size=settings.micro_batch_size,
                       gradient_accumulation=per_rank // settings.micro_batch_size,
                       activation_checkpointing=settings.activation_checkpointing,
-                      mem=settings.mem,
-                      estimated_gib=round(estimate_gib(settings.micro_batch_size, settings.activation_checkpointing), 2)
+                      mem=settings.mem, memory=settings.memory.describe(),
+                      estimated_gib=round(estimate_gib(settings.micro_batch_size, settings.memory), 2)
                       if estimate_gib else None)
         try:
             result = run_one(settings)
@@ -99,19 +109,21 @@ def run_attempts(spec: RunSpec, first: AttemptSettings, run_one: Callable[[Attem
             evidence = f"{outcome.log_tail}\n{outcome.stopped_early}" if outcome.stopped_early else outcome.log_tail
             diagnosis = diagnose(outcome.state, outcome.exit_code, evidence)
             decision = next_attempt(diagnosis, settings, train.global_batch_size, data_parallel,
-                                    train.max_attempts, memory_limit_mb(spec), failed_nodes=split_nodes(outcome.nodes))
+                                    train.max_attempts, memory_limit_mb(spec), failed_nodes=split_nodes(outcome.nodes),
+                                    ladder=ladder)
             logged = last_logged()
             records.append(AttemptRecord(**common, outcome="failed", kind=diagnosis.kind.value,
                                          last_step=logged[0] if logged else None,
                                          last_loss=logged[1] if logged else None,
                                          evidence=diagnosis.evidence[:300], job_id=outcome.job_id,
+                                         decision=decision.reason,
                                          duration_s=round(time.monotonic() - started, 1),
                                          resubmitted_after_s=_latency(failure_seen_at, outcome.started_at)))
             on_records(records)
             log(f"attempt {settings.attempt} failed ({diagnosis.kind.value}): {diagnosis.evidence} -> "
                 f"{decision.reason}")
             if decision.next is None:
-                tried = ", ".join(f"mbs {r.micro_batch_size}{' + checkpointing' if r.activation_checkpointing else ''}"
+                tried = ", ".join(f"mbs {r.micro_batch_size}" + (f" + {r.memory}" if r.memory != "none" else "")
                                   for r in records)
                 raise FinetuneGaveUp(f"fine-tune failed after {len(records)} attempt(s) ({tried}): "
                                      f"{decision.reason}\nlast attempt: {failure}") from failure

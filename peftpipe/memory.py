@@ -28,8 +28,21 @@ autocast alone would keep them in fp32: ``LAYER_NORM_16BIT_SAVING`` bytes per to
 of each layer less (its two norms' fp32 outputs); with it the estimate is within 8 % of the
 OpenCALM-3B and rinna-3.6B engine peaks measured with that change (bench/RESULTS-families.md).
 
-Activation checkpointing keeps only each layer's input (2 bytes x hidden a token) plus one
-layer's activations while it is recomputed.
+Activation checkpointing keeps only each layer's input (2 bytes x hidden a token) plus what one
+layer holds while it is recomputed and differentiated: ``RECOMPUTE_COEFFICIENTS`` (bytes a token,
+per hidden and intermediate unit), fitted to the engine's checkpointed and offloaded peaks on an
+H200 (Llama-3.2-1B and Llama-3-8B shapes, micro batch 1 to 64, seq 2048, Liger installed:
+bench/RESULTS-ladder.md, every point within 0.04 GiB); kernels without a fit use one layer's
+activations. With Liger, the fused loss's chunk adds nothing measurable at the peak.
+
+The rungs above checkpointing (``memory_ladder.py``):
+- offload: the checkpointed inputs live in host memory; ``OFFLOAD_RESIDENT_INPUTS`` of them are on
+  the GPU at a time (the one being copied out, the one brought back for its layer's backward);
+- shard (FSDP2 over ``shard_ranks`` GPUs): each GPU holds its share of the weights and adapter
+  state plus ``SHARD_GATHERED_LAYERS`` layers gathered whole (the one computing, the one prefetched);
+- quantize_base: the layers' projection weights in NF4 (``NF4_BYTES_PER_PARAMETER``, block scales
+  included), embeddings and output projection in 16 bits, plus one projection dequantized.
+The shard and 4-bit terms are arithmetic from those formats, not yet held to measured peaks.
 """
 
 from __future__ import annotations
@@ -66,6 +79,14 @@ EAGER_ATTENTION_BYTES = 9
 # The fused loss's transient: one chunk of 2**27 logits as bf16 product, fp32 probabilities and
 # their bf16 copy (fast_kernels.CHUNK_ELEMENTS); Liger's chunks are smaller, so this errs high.
 FUSED_LOSS_CHUNK_BYTES = 2**27 * 8
+# What one checkpointed layer holds while recomputed and differentiated: (c_h, c_i) bytes a token, fitted
+# (module docstring); the same fit gave 2.08 resident inputs when offloaded and a constant of 0.05 GiB.
+RECOMPUTE_COEFFICIENTS: dict[str, tuple[float, float]] = {"liger": (11.8, 6.3)}
+# Checkpointed layer inputs on the GPU at a time when they are offloaded to host memory.
+OFFLOAD_RESIDENT_INPUTS = 2
+SHARD_GATHERED_LAYERS = 2
+# NF4: 4 bits a weight plus one fp32 scale per 64 weights (bitsandbytes' default block).
+NF4_BYTES_PER_PARAMETER = 0.5 + 4 / 64
 # Adapter parameters train in fp32 with AdamW: weight, gradient, two moments.
 TRAINABLE_BYTES_PER_PARAMETER = 16
 
@@ -200,12 +221,16 @@ def trainable_parameters(model: ModelShape, method: Method, lora_rank: int = 16,
 def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *, precision: str = "bf16",
                     method: Method = "lora", activation_checkpointing: bool = False, kernels: Kernels = "fused",
                     lora_rank: int = 16, target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-                    num_virtual_tokens: int = 10, feedforward_modules: tuple[str, ...] = ("down_proj",)
+                    num_virtual_tokens: int = 10, feedforward_modules: tuple[str, ...] = ("down_proj",),
+                    offload_activations: bool = False, shard_ranks: int = 1, quantize_base: bool = False
                     ) -> MemoryEstimate:
     """Peak allocated memory of one GPU running one micro batch of ``micro_batch_size`` x ``seq_length`` tokens.
 
     With packing, a micro batch is ``micro_batch_size`` rows of ``seq_length`` tokens: the same bound.
+    ``offload_activations`` needs ``activation_checkpointing`` (it moves the checkpointed inputs).
     """
+    if offload_activations and not activation_checkpointing:
+        raise ValueError("offload_activations moves checkpointed activations: it needs activation_checkpointing")
     if precision not in BYTES:
         raise ValueError(f"precision must be one of {sorted(BYTES)}, not {precision!r}")
     c_h, c_i, c_v = ACTIVATION_COEFFICIENTS[kernels]
@@ -226,18 +251,37 @@ def estimate_memory(model: ModelShape, seq_length: int, micro_batch_size: int, *
         # A LoRA on down_proj keeps its (tokens x intermediate) input, which Liger would recompute.
         per_layer += 2 * i * scale
     if activation_checkpointing:
-        activations = tokens * (model.num_layers * 2 * h * scale + per_layer)
+        kept_inputs = OFFLOAD_RESIDENT_INPUTS if offload_activations else model.num_layers
+        recompute = per_layer
+        if kernels in RECOMPUTE_COEFFICIENTS and model.gated_mlp and not model.eager_attention and method == "lora":
+            r_h, r_i = RECOMPUTE_COEFFICIENTS[kernels]
+            recompute = (r_h * h + r_i * i) * scale
+        activations = tokens * (kept_inputs * 2 * h * scale + recompute)
     else:
         activations = tokens * model.num_layers * per_layer
-    logits = tokens * model.vocab_size * c_v if c_v else FUSED_LOSS_CHUNK_BYTES
+    # Liger's loss chunks are small and freed before the backward pass reaches its peak (fitted: no term).
+    logits = tokens * model.vocab_size * c_v if c_v else (0 if kernels == "liger" else FUSED_LOSS_CHUNK_BYTES)
     adapters = trainable_parameters(model, method, lora_rank, target_modules, num_virtual_tokens,
                                     feedforward_modules=feedforward_modules)
+    weights = _weight_bytes(model, BYTES[precision], quantize_base)
+    if shard_ranks > 1:
+        layer = weights / max(model.num_layers, 1)  # errs high: embeddings counted into the layer's share
+        weights = weights / shard_ranks + SHARD_GATHERED_LAYERS * layer
     return MemoryEstimate(
-        weights=model.parameters * BYTES[precision],
-        trainable_state=adapters * TRAINABLE_BYTES_PER_PARAMETER,
+        weights=int(weights),
+        trainable_state=adapters * TRAINABLE_BYTES_PER_PARAMETER // shard_ranks,
         activations=int(activations),
         logits=int(logits),
     )
+
+
+def _weight_bytes(model: ModelShape, bytes_per_weight: int, quantize_base: bool) -> float:
+    if not quantize_base:
+        return model.parameters * bytes_per_weight
+    projections = model.num_layers * sum(a * b for a, b in model.linear_shapes().values())
+    largest = max(a * b for a, b in model.linear_shapes().values())  # dequantized for its product
+    return (model.parameters - projections) * bytes_per_weight + projections * NF4_BYTES_PER_PARAMETER \
+        + largest * bytes_per_weight
 
 
 def largest_micro_batch(model: ModelShape, seq_length: int, budget_bytes: int, limit: int = 1024,

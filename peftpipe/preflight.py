@@ -1,9 +1,10 @@
-"""Before the first submission: the largest micro batch predicted to fit on the GPU.
+"""Before the first submission: the cheapest memory-ladder configuration and largest micro batch predicted to fit.
 
 The user's ``micro_batch_size`` is an upper bound. Only divisors of the per-rank batch are
 candidates, so the global batch stays what the spec says; the estimate comes from the model's
 ``config.json`` through :mod:`peftpipe.memory`, with a safety margin for the CUDA context, the
-allocator's cache and the estimate's own error.
+allocator's cache and the estimate's own error. When not even micro batch 1 fits, the ladder's
+next rung (:mod:`peftpipe.memory_ladder`: checkpointing, offload, ...) is tried, cheapest first.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftpipe.memory import GIB, ModelShape, estimate_memory
+from peftpipe.engines import ladder_for
+from peftpipe.memory_ladder import RUNG_TEXT, MemoryLadder, MemoryRungs
 from peftpipe.model_fit import resolved_peft
 from peftpipe.model_layout import ModelLayout
 from peftpipe.spec import RunSpec
 
 SAFETY_FRACTION = 0.85  # of the GPU's memory that the estimate may use
 CONTEXT_GIB = 0.75  # CUDA context and libraries, outside torch's allocator
+# Below this many tokens a micro batch leaves the GPU idle (bench/RESULTS-ladder.md: with checkpointing the
+# 8B shape makes 9.1k tokens/s at 2048 tokens, 13.3k at 8192; the 1B shape 15k and 71k at 2048 and 16384).
+EFFICIENT_MICRO_BATCH_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -33,17 +39,21 @@ class PreflightResult:
     budget_gib: float
     gpu_memory_gib: float
     fits: bool
+    memory: MemoryRungs = MemoryRungs()
+    walked: tuple[str, ...] = ()  # one line per ladder configuration tried, in order
 
     def describe(self) -> str:
         change = (f"lowered from {self.requested_micro_batch_size} to {self.micro_batch_size}"
                   if self.micro_batch_size < self.requested_micro_batch_size else "kept")
         verdict = "fits" if self.fits else "does NOT fit even at 1"
-        return (f"preflight: micro batch {change}: estimated {self.estimate_gib:.1f} GiB per GPU "
-                f"({verdict} in {self.budget_gib:.1f} GiB of {self.gpu_memory_gib:.0f} GiB)")
+        lines = [f"preflight: micro batch {change}, memory rungs: {self.memory.describe()}: estimated"
+                 f" {self.estimate_gib:.1f} GiB per GPU ({verdict} in {self.budget_gib:.1f} GiB of"
+                 f" {self.gpu_memory_gib:.0f} GiB)"]
+        return "\n".join(lines + [f"  {line}" for line in self.walked])
 
 
-def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool], float]:
-    """GiB per GPU for (micro batch, activation checkpointing) of this spec's model and method.
+def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, MemoryRungs], float]:
+    """GiB per GPU for (micro batch, memory rungs) of this spec's model and method.
 
     The shape is read from the model built on the meta device from ``model_config``
     (``peftpipe.model_inspect``), so every family's projections and parameters count as they are.
@@ -56,10 +66,13 @@ def memory_estimator(spec: RunSpec, model_config: dict) -> Callable[[int, bool],
     options = _method_options(spec, layout)
     kernels = kernels_for(layout.model_type)
 
-    def estimate(micro_batch_size: int, activation_checkpointing: bool) -> float:
+    ranks = spec.train.data_parallel_size
+
+    def estimate(micro_batch_size: int, rungs: MemoryRungs) -> float:
         return estimate_memory(shape, spec.train.max_seq_length, micro_batch_size, precision=precision,
-                               activation_checkpointing=activation_checkpointing, kernels=kernels,
-                               **options).total / GIB
+                               activation_checkpointing=rungs.checkpointing, kernels=kernels,
+                               offload_activations=rungs.offload, shard_ranks=ranks if rungs.shard else 1,
+                               quantize_base=rungs.quantize_base, **options).total / GIB
 
     return estimate
 
@@ -74,22 +87,49 @@ def kernels_for(model_type: str) -> str:
     return "liger" if model_type in MODEL_TYPE_TO_APPLY_LIGER_FN else "fused"
 
 
-def choose_micro_batch(spec: RunSpec, model_config: dict, gpu_memory_gib: float) -> PreflightResult:
-    """The largest divisor of the per-rank batch, at most the spec's micro batch, predicted to fit."""
+def choose_micro_batch(spec: RunSpec, model_config: dict, gpu_memory_gib: float,
+                       ladder: MemoryLadder | None = None) -> PreflightResult:
+    """The cheapest ladder configuration that runs an efficient micro batch, and that micro batch.
+
+    For each configuration, cheapest first, the largest divisor of the per-rank batch (at most the spec's
+    micro batch) predicted to fit. A configuration is taken when that micro batch holds at least
+    ``EFFICIENT_MICRO_BATCH_TOKENS`` tokens (or is the largest allowed); otherwise the next rung is
+    tried, since a rung that fits a larger micro batch runs faster (measured: the 8B shape with
+    checkpointing at micro batch 1 makes 9.1k tokens/s, with offload at 16, 13.0k). If no rung reaches
+    it, the configuration with the largest fitting micro batch wins (the cheapest among equals).
+    """
     train = spec.train
+    ladder = ladder or ladder_for(spec)
     per_rank = train.global_batch_size // train.data_parallel_size
     budget = gpu_memory_gib * SAFETY_FRACTION - CONTEXT_GIB
     estimator = memory_estimator(spec, model_config)
-
-    def estimate(micro_batch_size: int) -> float:
-        return estimator(micro_batch_size, train.activation_checkpointing)
-
     candidates = [d for d in range(min(train.micro_batch_size, per_rank), 0, -1) if per_rank % d == 0]
-    for micro_batch_size in candidates:
-        if estimate(micro_batch_size) <= budget:
-            return PreflightResult(train.micro_batch_size, micro_batch_size, round(estimate(micro_batch_size), 2),
-                                   round(budget, 2), gpu_memory_gib, True)
-    return PreflightResult(train.micro_batch_size, 1, round(estimate(1), 2), round(budget, 2), gpu_memory_gib, False)
+    efficient = min(candidates[0], max(1, -(-EFFICIENT_MICRO_BATCH_TOKENS // train.max_seq_length)))
+    walked: list[str] = []
+    best: tuple[int, float, MemoryRungs] | None = None
+    configurations = ladder.configurations()
+    for index, rungs in enumerate(configurations):
+        added = f"+ {RUNG_TEXT[ladder.steps[index - 1]]}" if index else f"rungs {rungs.describe()}"
+        fitting = next(((m, e) for m in candidates if (e := estimator(m, rungs)) <= budget), None)
+        if fitting is None:
+            walked.append(f"{added}: not even micro batch 1 fits ({estimator(1, rungs):.1f} GiB)")
+            continue
+        micro_batch_size, estimate = fitting
+        if best is None or micro_batch_size > best[0]:
+            best = (micro_batch_size, estimate, rungs)
+        if micro_batch_size >= efficient:
+            walked.append(f"{added}: micro batch {micro_batch_size} fits ({estimate:.1f} GiB)")
+            break
+        walked.append(f"{added}: only micro batch {micro_batch_size} fits ({estimate:.1f} GiB), below"
+                      f" {efficient} ({EFFICIENT_MICRO_BATCH_TOKENS} tokens); trying the next rung")
+    if best is not None:
+        micro_batch_size, estimate, rungs = best
+        return PreflightResult(train.micro_batch_size, micro_batch_size, round(estimate, 2), round(budget, 2),
+                               gpu_memory_gib, True, rungs, tuple(walked))
+    walked.append(f"out of reach: {ladder.out_of_reach()}")
+    top = configurations[-1]
+    return PreflightResult(train.micro_batch_size, 1, round(estimator(1, top), 2), round(budget, 2), gpu_memory_gib,
+                           False, top, tuple(walked))
 
 
 def _method_options(spec: RunSpec, layout: ModelLayout) -> dict:

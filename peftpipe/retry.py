@@ -1,8 +1,10 @@
 """What to run next after a failed attempt: the retry policy, pure.
 
 A GPU OOM lowers micro_batch_size to the largest divisor of the per-rank batch below it, so
-the global batch stays and only gradient accumulation grows; at 1, activation checkpointing is
-turned on once. Every retry resumes from the latest checkpoint of the run directory.
+the global batch stays and only gradient accumulation grows; at 1, the memory ladder's next rung
+is turned on (``memory_ladder.py``: checkpointing, then offloading the checkpointed activations,
+... as far as the spec and the engine allow). Every retry resumes from the latest checkpoint of
+the run directory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from peftpipe.failures import Diagnosis, FailureKind
+from peftpipe.memory_ladder import RUNG_TEXT, MemoryLadder, MemoryRungs
 from peftpipe.spec_execution import memory_text
 
 
@@ -27,6 +30,18 @@ class AttemptSettings:
     mem_mb: int | None = None  # None: the job asks for execution.slurm.mem as written
     mem_raised: bool = False
     exclude_nodes: tuple[str, ...] = ()  # nodes a hardware fault was seen on (sbatch --exclude)
+    offload_activations: bool = False  # the ladder's offload rung: checkpointed inputs in host memory
+    shard: bool = False  # the ladder's shard rung: parameters sharded over the ranks (FSDP2)
+    quantize_base: bool = False  # the ladder's 4-bit rung: frozen base weights in NF4 (QLoRA)
+
+    @property
+    def memory(self) -> MemoryRungs:
+        return MemoryRungs(checkpointing=self.activation_checkpointing, offload=self.offload_activations,
+                           shard=self.shard, quantize_base=self.quantize_base)
+
+    def with_memory(self, rungs: MemoryRungs) -> AttemptSettings:
+        return replace(self, activation_checkpointing=rungs.checkpointing, offload_activations=rungs.offload,
+                       shard=rungs.shard, quantize_base=rungs.quantize_base)
 
     @property
     def mem(self) -> str | None:
@@ -69,8 +84,11 @@ NO_RETRY_FIX = {
 
 def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_size: int, data_parallel: int,
                  max_attempts: int, mem_limit_mb: int | None = None,
-                 failed_nodes: tuple[str, ...] = ()) -> RetryDecision:
-    """The next attempt's settings, or None with the reason; ``failed_nodes`` ran the failed attempt."""
+                 failed_nodes: tuple[str, ...] = (), ladder: MemoryLadder | None = None) -> RetryDecision:
+    """The next attempt's settings, or None with the reason; ``failed_nodes`` ran the failed attempt.
+
+    ``ladder``: the memory rungs a GPU OOM may climb (default: checkpointing only, as every engine has it).
+    """
     kind = diagnosis.kind
     if kind is FailureKind.NONE:
         return RetryDecision(None, "the attempt succeeded")
@@ -83,11 +101,15 @@ def next_attempt(diagnosis: Diagnosis, current: AttemptSettings, global_batch_si
             return RetryDecision(replace(following, micro_batch_size=smaller),
                                  f"GPU out of memory at micro batch {current.micro_batch_size}; retrying at {smaller}"
                                  f" (gradient accumulation {global_batch_size // data_parallel // smaller})")
-        if not current.activation_checkpointing:
-            return RetryDecision(replace(following, activation_checkpointing=True),
-                                 "GPU out of memory at micro batch 1; retrying with activation checkpointing")
-        return RetryDecision(None, "GPU out of memory at micro batch 1 with activation checkpointing. Fix: use more"
-                                   " GPUs or tensor parallelism, or lower train.max_seq_length")
+        ladder = ladder or MemoryLadder.for_run("auto", False, data_parallel)
+        at = f"micro batch 1 with memory rungs {current.memory.describe()}"
+        rung = ladder.next_rung(current.memory)
+        if rung is not None:
+            return RetryDecision(following.with_memory(current.memory.plus(rung)),
+                                 f"GPU out of memory at {at}; next rung: {RUNG_TEXT[rung]}")
+        return RetryDecision(None, f"GPU out of memory at {at}, the top of the memory ladder"
+                                   f" ({ladder.out_of_reach()}). Fix: use more GPUs or tensor parallelism, allow the"
+                                   " rungs above in train.memory, or lower train.max_seq_length")
     if kind is FailureKind.HOST_OOM:
         if current.mem_mb is None or mem_limit_mb is None:
             return RetryDecision(None, "host memory exhausted. Fix: request more memory for the job (--mem)")

@@ -331,6 +331,26 @@ class PeftSpec(StrictModel):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec, description="Settings of method adapter (nemo).")
 
 
+RungSetting = Literal["auto"] | bool
+
+
+class MemorySpec(StrictModel):
+    """The memory ladder's rungs (peftpipe/memory_ladder.py): true pins a rung on from the first attempt, false
+    forbids it, auto lets the preflight and OOM retries turn it on, cheapest first."""
+
+    checkpointing: RungSetting = Field("auto", description="Activation checkpointing: keep each layer's input and"
+                                       " recompute the layer in backward (about a third more compute).",
+                                       examples=[True])
+    offload: RungSetting = Field("auto", description="Offload the checkpointed layer inputs to pinned host memory"
+                                 " during the forward pass (hf engine; needs checkpointing).", examples=[False])
+    shard: RungSetting = Field("auto", description="Shard the parameters over the node's GPUs (FSDP2; needs"
+                               " train.devices > 1; hf engine).", examples=[False])
+    quantize_base: RungSetting = Field("auto", description="Store the frozen base weights in 4 bits (QLoRA: NF4 with"
+                                       " bitsandbytes, compute and adapters in the run's precision; hf engine, one"
+                                       " rank or several without shard). The adapter loads on the 16-bit base.",
+                                       examples=[False])
+
+
 class TrainSpec(StrictModel):
     """Optimisation settings; micro_batch_size may change between attempts, the rest may not."""
 
@@ -360,6 +380,10 @@ class TrainSpec(StrictModel):
     num_nodes: int = Field(1, gt=0, description="Nodes of a Slurm job; data-parallel ranks = devices x num_nodes.")
     activation_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less"
                                                               " memory, about a third more compute.")
+    memory: Literal["auto"] | MemorySpec = Field(
+        "auto", description="The memory ladder: auto lets the preflight and OOM retries walk every rung the engine"
+        " offers (lower micro batch, then checkpointing, offload, shard, 4-bit base); a mapping pins (true) or forbids"
+        " (false) single rungs.", examples=[{"checkpointing": True, "offload": "auto", "quantize_base": False}])
     preflight: bool = Field(True, description="Before the first attempt, lower micro_batch_size to the largest"
                                               " divisor predicted to fit in GPU memory (micro_batch_size is an"
                                               " upper bound).")

@@ -17,6 +17,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from peftpipe.memory_ladder import RUNGS
 from peftpipe.engines import engine_for
 from peftpipe.experiment_loggers import INSTALL_HINT, missing_packages
 from peftpipe.spec_issues import SpecError, SpecIssue
@@ -134,6 +135,7 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
     issues += model_problems or _check_model_fit(loaded)
     issues += _check_dataset(loaded)
     issues += _check_slurm(loaded)
+    issues += _check_memory_ladder(spec, engine)
     # The engine's own checks (global batch vs. its data-parallel size, its section of the spec).
     issues += engine.validate(loaded)
     if spec.engine != "automodel" and "automodel" in spec.model_fields_set:
@@ -141,6 +143,32 @@ def check_spec(loaded: LoadedSpec) -> list[SpecIssue]:
                                 "remove it or set engine: automodel"))
     if spec.peft.method != "adapter" and "adapter" in spec.peft.model_fields_set:
         issues.append(SpecIssue("peft.adapter", f"applies to method adapter, not {spec.peft.method}", "remove it"))
+    return issues
+
+
+def _check_memory_ladder(spec: Any, engine: Any) -> list[SpecIssue]:
+    """Rungs pinned on must exist for the engine and go together (memory_ladder.py)."""
+    train, memory = spec.train, spec.train.memory
+    if memory == "auto":
+        return []
+    issues = []
+    offered = getattr(engine, "memory_rungs", ("checkpointing",))
+    for rung in RUNGS:
+        if getattr(memory, rung) is True and rung not in offered:
+            issues.append(SpecIssue(f"train.memory.{rung}", f"engine {spec.engine} does not implement this rung (it"
+                                    f" offers {', '.join(offered)})", "set it to auto or false"))
+    if memory.checkpointing is False and train.activation_checkpointing:
+        issues.append(SpecIssue("train.memory.checkpointing", "false contradicts train.activation_checkpointing: true",
+                                "drop one of the two"))
+    if memory.offload is True and memory.checkpointing is False:
+        issues.append(SpecIssue("train.memory.offload", "offload moves checkpointed activations, but checkpointing is"
+                                " false", "set train.memory.checkpointing to auto or true"))
+    if memory.shard is True and memory.quantize_base is True:
+        issues.append(SpecIssue("train.memory.quantize_base", "4-bit base weights are not combined with sharding"
+                                " (FSDP2 does not shard packed 4-bit weights)", "set one of shard, quantize_base to"
+                                " false or auto"))
+    if memory.shard is True and engine.data_parallel_size(spec) < 2:
+        issues.append(SpecIssue("train.memory.shard", "sharding needs more than one GPU", "set train.devices > 1"))
     return issues
 
 

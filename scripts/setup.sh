@@ -12,6 +12,6 @@ stamp=.venv/.peftpipe-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch first: the CPU build of 2.13.0 on local disk; otherwise a dependency would pull CUDA wheels.
   .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[dev,loggers]"
+  .venv/bin/pip install -q -e ".[dev,loggers,qlora]"
   touch "$stamp"
 fi

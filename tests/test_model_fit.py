@@ -24,6 +24,7 @@ def validate(spec: Path, *changes: str) -> tuple[int, str]:
 
 
 def test_opencalm_example_validates_and_its_preflight_fits_a_v100() -> None:
+    from peftpipe.memory_ladder import MemoryRungs
     from peftpipe.preflight import choose_micro_batch, memory_estimator
     from peftpipe.validation import load_spec
 
@@ -33,8 +34,8 @@ def test_opencalm_example_validates_and_its_preflight_fits_a_v100() -> None:
     config = json.loads((OPENCALM / "model" / "config.json").read_text())
     chosen = choose_micro_batch(loaded.spec, config, V100_GIB)
     # The largest divisor of 64 up to 16 whose estimate fits 85 % of 32 GB less the CUDA context.
-    assert chosen.fits and chosen.micro_batch_size == 8
-    assert memory_estimator(loaded.spec, config)(16, False) > chosen.budget_gib
+    assert chosen.fits and chosen.micro_batch_size == 8 and chosen.memory == MemoryRungs()  # no rung needed
+    assert memory_estimator(loaded.spec, config)(16, MemoryRungs()) > chosen.budget_gib
     assert "lowered from 16 to 8" in chosen.describe()
 
 

@@ -15,12 +15,13 @@ The spec's ``engine`` field accepts the names in ``ENGINES``. What an engine mus
 
 - ``name``, ``methods`` (the ``peft.method`` values it runs), ``stages`` (the stages that run as
   jobs, in order: e.g. ``("finetune", "evaluate")``) and ``memory_model`` (whether the hf memory
-  estimate of ``preflight.py`` describes it: it then picks attempt 1's micro batch);
+  estimate of ``preflight.py`` describes it: it then picks attempt 1's micro batch) and
+  ``memory_rungs`` (the rungs of ``memory_ladder.py`` it implements, e.g. ``("checkpointing",)``);
 - ``validate(loaded)``: the engine's own checks of the spec, as a list of
   :class:`~peftpipe.spec_issues.SpecIssue` (never raise for a bad spec);
 - ``data_parallel_size(spec)``: the ranks the global batch is split over; what a retry's smaller
-  micro batch must divide (the retry may change micro batch, gradient accumulation, activation
-  checkpointing and host memory: :class:`~peftpipe.retry.AttemptSettings`);
+  micro batch must divide (the retry may change micro batch, gradient accumulation, the memory
+  rungs it offers and host memory: :class:`~peftpipe.retry.AttemptSettings`);
 - ``job(loaded, paths, stage, settings, model_path)``: THE job builder. It returns the stage's
   :class:`~peftpipe.backends.StageCommand`: program, ranks, the Slurm
   :class:`~peftpipe.slurm.render.JobRequest` and the attempt's config files. ``peftpipe render``
@@ -54,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from peftpipe.engine_registry import ENGINES
+from peftpipe.memory_ladder import MemoryLadder
 
 if TYPE_CHECKING:
     from peftpipe.artifacts_s3 import S3Access
@@ -100,3 +102,11 @@ def engine_for(name: str) -> Engine:
     if name not in ENGINES:
         raise ValueError(f"engine {name!r} is not registered; known engines: {', '.join(ENGINES)}")
     return importlib.import_module(ENGINES[name]).ENGINE
+
+
+def ladder_for(spec: RunSpec) -> MemoryLadder:
+    """The memory ladder of a run spec with the rungs its engine offers (``memory_rungs``)."""
+    engine = engine_for(spec.engine)
+    train = spec.train
+    return MemoryLadder.for_run(train.memory, train.activation_checkpointing, engine.data_parallel_size(spec),
+                                getattr(engine, "memory_rungs", ("checkpointing",)), f"engine {spec.engine}")

@@ -25,6 +25,7 @@ class AutomodelEngine:
     methods = ("lora",)
     stages = stages.STAGES
     memory_model = False  # preflight.py models our transformers + peft script, not AutoModel's recipe
+    memory_rungs = ("checkpointing",)  # the only memory-ladder rung it renders
 
     def validate(self, loaded: LoadedSpec) -> list[SpecIssue]:
         return check_automodel(loaded)

@@ -46,9 +46,11 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return next((p for p in checkpoints_newest_first(checkpoint_dir) if (p / "state.pt").is_file()), None)
 
 
-def save_checkpoint(checkpoint_dir: Path, step: int, peft_model: Any, optimizer: Any, scheduler: Any) -> Path:
+def save_checkpoint(checkpoint_dir: Path, step: int, peft_model: Any, optimizer: Any, scheduler: Any,
+                    adapter_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write to a temporary directory, fsync, rename: a killed job or a power loss never leaves half a
-    checkpoint under a checkpoint's name."""
+    checkpoint under a checkpoint's name. A sharded model passes its adapter and optimizer state gathered
+    whole (``sharding.full_adapter_state``, ``full_optimizer_state``): the file is the same either way."""
     from peft import get_peft_model_state_dict
 
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
@@ -57,8 +59,8 @@ def save_checkpoint(checkpoint_dir: Path, step: int, peft_model: Any, optimizer:
     partial.mkdir(parents=True)
     state = {
         "step": step,
-        "adapter": get_peft_model_state_dict(peft_model),
-        "optimizer": optimizer.state_dict(),
+        "adapter": adapter_state if adapter_state is not None else get_peft_model_state_dict(peft_model),
+        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
     }
@@ -101,21 +103,35 @@ def read_verified_state(path: Path) -> dict[str, Any]:
         raise ValueError(f"state.pt cannot be read ({type(error).__name__}: {error})") from error
 
 
+def latest_intact_state(checkpoint_dir: Path, say: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies and its state; None when there is none. Skipped ones are named."""
+    for path in checkpoints_newest_first(checkpoint_dir):
+        try:
+            return path, read_verified_state(path)
+        except ValueError as damage:
+            say(f"checkpoint {path.name} is damaged ({damage}); trying the one before it")
+    return None
+
+
+def restore_training_state(state: dict[str, Any], optimizer: Any, scheduler: Any,
+                           optimizer_state: dict[str, Any] | None = None) -> int:
+    """Optimizer (or ``optimizer_state``, the saved one cut to a sharded model's shards), scheduler and RNG;
+    returns the step."""
+    optimizer.load_state_dict(optimizer_state if optimizer_state is not None else state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return int(state["step"])
+
+
 def load_latest_intact(checkpoint_dir: Path, peft_model: Any, optimizer: Any, scheduler: Any,
                        say: Callable[[str], None] = print) -> tuple[Path, int] | None:
     """Load the newest checkpoint that verifies; None when there is none. Skipped ones are named."""
     from peft import set_peft_model_state_dict
 
-    for path in checkpoints_newest_first(checkpoint_dir):
-        try:
-            state = read_verified_state(path)
-        except ValueError as damage:
-            say(f"checkpoint {path.name} is damaged ({damage}); trying the one before it")
-            continue
-        set_peft_model_state_dict(peft_model, state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        return path, int(state["step"])
-    return None
+    found = latest_intact_state(checkpoint_dir, say)
+    if found is None:
+        return None
+    path, state = found
+    set_peft_model_state_dict(peft_model, state["adapter"])
+    return path, restore_training_state(state, optimizer, scheduler)

@@ -23,8 +23,9 @@ def peft_settings(spec: RunSpec) -> dict[str, Any]:
 
 
 def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batch_size: int | None = None,
-                    activation_checkpointing: bool | None = None) -> dict[str, Any]:
-    """The training script's config; the two overrides are what OOM retries change."""
+                    activation_checkpointing: bool | None = None, offload_activations: bool = False,
+                    shard: bool = False, quantize_base: bool = False) -> dict[str, Any]:
+    """The training script's config; the overrides are what OOM retries and the memory ladder change."""
     train = spec.train
     return {
         "model_path": str(model_path),
@@ -46,6 +47,9 @@ def training_config(spec: RunSpec, model_path: Path, paths: RunPaths, micro_batc
         "checkpoint_every": train.checkpoint_every,
         "activation_checkpointing": train.activation_checkpointing if activation_checkpointing is None
         else activation_checkpointing,
+        "offload_activations": offload_activations,
+        "shard": shard,
+        "quantize_base": quantize_base,
         "packing": train.packing and spec.peft.method != "ptuning",
     }
 

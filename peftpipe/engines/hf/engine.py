@@ -23,6 +23,7 @@ class HfEngine:
     methods = ("lora", "ia3", "ptuning")
     stages = stages.STAGES
     memory_model = True  # preflight.py's estimate models transformers + peft
+    memory_rungs = ("checkpointing", "offload", "shard", "quantize_base")  # the memory-ladder rungs train.py implements
 
     def validate(self, loaded: LoadedSpec) -> list[SpecIssue]:
         spec = loaded.spec

@@ -46,14 +46,34 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def load_base_model(model_path: str, precision: str, device: torch.device) -> Any:
+def load_base_model(model_path: str, precision: str, device: torch.device, quantize_base: bool = False) -> Any:
     """The base model with the attention its family supports: eager where the logits are soft-capped
     (Gemma 2: neither PyTorch's flash kernel nor SDPA applies the cap), SDPA otherwise (``prepare_model``
-    then routes it through the engine's variable-length kernel where the model allows)."""
+    then routes it through the engine's variable-length kernel where the model allows).
+
+    ``quantize_base`` (the memory ladder's 4-bit rung, QLoRA): the decoder's linear weights stored in NF4
+    with double quantization by bitsandbytes, computed in ``precision``; embeddings, norms and the output
+    projection stay in ``precision``. LoRA then wraps bitsandbytes' ``Linear4bit`` (peft's own layer).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_path)
     attention = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+    if quantize_base:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=DTYPES[precision])
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[precision], attn_implementation=attention,
+                                                     quantization_config=quantization, device_map={"": str(device)})
+        if device.type == "cpu":
+            # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for CPU inference at its first
+            # eval-mode forward (the validation pass between training steps), in place, and only for out
+            # features divisible by its block: keep the training layout.
+            for module in model.modules():
+                if hasattr(module, "support_avx512bf16_for_cpu"):
+                    module.support_avx512bf16_for_cpu = False
+        return model
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[precision], attn_implementation=attention)
     return model.to(device)
 

@@ -39,7 +39,8 @@ def stage_command(loaded: LoadedSpec, paths: RunPaths, stage: str, settings: Att
     config_file = paths.stage_config(stage, attempt)
     if stage == "finetune":
         config = command.training_config(spec, model_path, paths, settings.micro_batch_size,
-                                         settings.activation_checkpointing)
+                                         settings.activation_checkpointing, settings.offload_activations,
+                                         settings.shard, settings.quantize_base)
         script_args = command.training_script_args(config_file)
         gpus, nodes, mem = spec.train.devices, spec.train.num_nodes, settings.mem
     else:

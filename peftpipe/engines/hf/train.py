@@ -50,7 +50,16 @@ from peftpipe.engines.hf.modeling import (
     prepare_model,
     resolve_precision,
 )
-from peftpipe.engines.hf.checkpoints import load_latest_intact, save_checkpoint
+from peftpipe.engines.hf.checkpoints import latest_intact_state, restore_training_state, save_checkpoint
+from peftpipe.engines.hf.offload import HostOffload
+from peftpipe.engines.hf.sharding import (
+    full,
+    full_adapter_state,
+    full_optimizer_state,
+    gradient_sync,
+    shard_model,
+    shard_optimizer_state,
+)
 from peftpipe.engines.hf.packing import IGNORE_INDEX, collate, label_tokens, plan_micro_batches
 
 
@@ -129,6 +138,13 @@ def adopt_slurm_ranks(env: dict[str, str]) -> None:
     env["WORLD_SIZE"] = env["SLURM_NTASKS"]
 
 
+def env_gpu_memory_cap_gib() -> float | None:
+    """Bench-only, off unless PEFTPIPE_GPU_MEMORY_CAP_GIB is set: cap this process's CUDA allocator, as
+    on a smaller GPU, so that bench/memory_ladder.py meets real CUDA OOMs on a large one."""
+    cap = os.environ.get("PEFTPIPE_GPU_MEMORY_CAP_GIB")
+    return float(cap) if cap else None
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     adopt_slurm_ranks(os.environ)  # type: ignore[arg-type]
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -137,6 +153,10 @@ def init_distributed() -> tuple[int, int, torch.device]:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+        cap = env_gpu_memory_cap_gib()
+        if cap is not None:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(cap * 2**30 / total, 1.0), device)
     else:
         device = torch.device("cpu")
     if world > 1:
@@ -235,12 +255,14 @@ def accumulate_gradients(wrapped: Any, prepared: Prepared, examples: list[dict[s
                          device: torch.device, step: int = 0) -> tuple[torch.Tensor, int, int]:
     """Forward and backward over this rank's share of one global batch, micro batch by micro batch.
 
-    ``settings``: micro_batch_size, max_seq_length, packing, pad_id, precision. Returns the loss
+    ``settings``: micro_batch_size, max_seq_length, packing, pad_id, precision, and optionally offload (a
+    :class:`HostOffload` whose hooks wrap each forward pass: the memory ladder's offload rung). Returns the loss
     sum (on the device: reading it would stall the GPU queue), the real tokens and the number of
     micro batches. With packing, ranks may run different numbers of micro batches: gradients
     synchronise only in each rank's last backward, so the counts need not match.
     """
     packing = settings["packing"]
+    offload = settings.get("offload")
     plan = plan_micro_batches(examples, settings["micro_batch_size"], settings["max_seq_length"], packing)
     loss_total = torch.zeros((), dtype=torch.float32, device=device)
     tokens = 0
@@ -249,9 +271,8 @@ def accumulate_gradients(wrapped: Any, prepared: Prepared, examples: list[dict[s
         batch = collate(examples, rows, settings["pad_id"], device, packed=packing)
         tokens += batch["tokens"]
         last = micro == len(plan) - 1
-        context = wrapped.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
-        with context:
-            with autocast(device, settings["precision"]):
+        with gradient_sync(wrapped, world, last):
+            with autocast(device, settings["precision"]), (offload.hooks() if offload else contextlib.nullcontext()):
                 micro_loss = loss_sum(wrapped, batch, prepared.head_weight, prepared.use_liger)
             # DDP averages gradients over ranks, hence x world: the result is sum / batch_label_tokens.
             scaler.scale(micro_loss * world / batch_label_tokens).backward()
@@ -293,9 +314,29 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         else []
     )
 
-    base = load_base_model(config["model_path"], precision, device)
-    prepared = prepare_model(base, config["peft"], device, config["activation_checkpointing"])
+    # The shard rung (FSDP2): peft's own projection forward, which reads the gathered weights each call.
+    shard = bool(config.get("shard")) and world > 1
+    quantize_base = bool(config.get("quantize_base"))
+    if quantize_base and shard:
+        raise ValueError("quantize_base is not combined with shard: FSDP2 does not shard packed 4-bit weights")
+    # Sharded, the whole model never sits on one GPU: it loads in host memory and fully_shard moves each
+    # layer's shard to the GPU as it shards it.
+    base = load_base_model(config["model_path"], precision, torch.device("cpu") if shard else device, quantize_base)
+    prepared = prepare_model(base, config["peft"], device, config["activation_checkpointing"], fuse=not shard)
     model = prepared.model
+    if quantize_base:
+        prepared.features.append("base weights in 4 bits (NF4, double quantization, bitsandbytes); LoRA in"
+                                 f" {precision}")
+    found = latest_intact_state(checkpoint_dir, say=lambda line: print(line, flush=True) if rank == 0 else None)
+    if found is not None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, found[1]["adapter"])  # before sharding: the full adapter
+    if shard:
+        units = shard_model(model, device, world)
+        if prepared.head_weight is not None:  # the detached output projection is no longer in the model
+            prepared.head_weight = prepared.head_weight.to(device)
+        prepared.features.append(f"parameters sharded over {world} ranks (FSDP2, {units} decoder layers + root)")
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     optimizer = make_optimizer(trainable, config, device)
@@ -305,17 +346,17 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     )
 
     start_step, resumed_from = 0, None
-    loaded = load_latest_intact(checkpoint_dir, model, optimizer, scheduler,
-                                say=lambda line: print(line, flush=True) if rank == 0 else None)
-    if loaded is not None:
-        latest, start_step = loaded
+    if found is not None:
+        latest, state = found
+        start_step = restore_training_state(state, optimizer, scheduler,
+                                            shard_optimizer_state(state["optimizer"], trainable) if shard else None)
         resumed_from = start_step
         if rank == 0:
             truncate_metrics(metrics_path, start_step)
             print(f"resuming from checkpoint {latest.name} (step {start_step})", flush=True)
 
     wrapped = model
-    if world > 1:
+    if world > 1 and not shard:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     gbs, mbs = config["global_batch_size"], config["micro_batch_size"]
     per_rank = gbs // world
@@ -325,8 +366,17 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         print(f"packing is off for {prepared.layout.architecture}: its attention cannot keep packed records"
               " apart; micro batches are padded instead", flush=True)
     packing = packing and prepared.packing_supported
+    if packing and shard:
+        packing = False  # every rank must run as many micro batches (each gathers parameters collectively)
+        if rank == 0:
+            print("packing is off while sharding: ranks pad their micro batches so that they run as many", flush=True)
     settings = {"micro_batch_size": mbs, "max_seq_length": max_len, "packing": packing, "pad_id": pad_id,
                 "precision": precision}
+    if config.get("offload_activations"):
+        if not config["activation_checkpointing"]:
+            raise ValueError("offload_activations moves checkpointed activations: it needs activation_checkpointing")
+        settings["offload"] = HostOffload(model, device)
+        prepared.features.append("checkpointed activations offloaded to pinned host memory (side-stream copies)")
     max_steps = config["max_steps"]
     scaler = torch.amp.GradScaler(enabled=precision == "fp16")
     stop = StopRequested()
@@ -378,6 +428,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
             "micro_batch_size": mbs,
             "gradient_accumulation": n_micro,
         }
+        if "offload" in settings:
+            record["offloaded_gib"] = round(settings["offload"].take_offloaded_bytes() / 2**30, 4)
         checkpoint_now = step % config["checkpoint_every"] == 0 or step == max_steps or stop.signal is not None
         if checkpoint_now and val_examples:
             record["val_loss"] = round(mean_loss(model, val_examples, mbs, pad_id, device, precision,
@@ -391,8 +443,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
                 flush=True,
             )
         if checkpoint_now:
+            # Sharded: every rank gathers the adapters and optimizer state whole; rank 0 writes them.
+            gathered = (full_adapter_state(model), full_optimizer_state(optimizer)) if shard else (None, None)
             if rank == 0:
-                saved = save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler)
+                saved = save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, *gathered)
                 print(f"checkpoint saved: {saved.name}", flush=True)
             if world > 1:
                 torch.distributed.barrier()
@@ -411,8 +465,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - run_started, 2),
         "peak_memory_gib": round(peak_memory_gib(device), 4),
     }
+    whole = {name: full(p.detach()) for name, p in model.named_parameters() if p.requires_grad} if shard else None
     if rank == 0:
-        model.save_pretrained(output_dir / "adapter")
+        model.save_pretrained(output_dir / "adapter", **({"state_dict": whole} if shard else {}))
         sort_adapter_config(output_dir / "adapter" / "adapter_config.json")
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         print(f"training finished at step {step}; adapter saved to {output_dir / 'adapter'}", flush=True)

@@ -26,6 +26,7 @@ class NemoEngine:
     methods = ("lora", "ptuning", "adapter", "ia3")
     stages = stages.STAGES
     memory_model = False  # preflight.py models transformers + peft, not Megatron
+    memory_rungs = ("checkpointing",)  # the only memory-ladder rung it renders
 
     def validate(self, loaded: LoadedSpec) -> list[SpecIssue]:
         return check_nemo(loaded)
