@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from peftpipe.failures import diagnose
 from peftpipe.engines import ladder_for
 from peftpipe.memory_ladder import MemoryLadder, MemoryRungs
-from peftpipe.retry import AttemptSettings, next_attempt
+from peftpipe.retry import AttemptSettings, next_attempt, spec_settings
 from peftpipe.spec import RunSpec, memory_mb
 from peftpipe.results import StageFailed, TrainResult
 
@@ -53,15 +53,10 @@ def first_attempt(spec: RunSpec, micro_batch_size: int | None = None, attempt: i
                   memory: MemoryRungs | None = None) -> AttemptSettings:
     """The spec's settings (or a preflight's smaller micro batch and memory rungs), with the job's memory.
 
-    The one place the micro batch defaults to the spec's: everything after reads the settings.
     ``attempt`` is 1 for a new run; a rerun after a failed job continues the numbering. Without
     ``memory``, the rungs the spec pins on (train.memory, train.activation_checkpointing).
     """
-    slurm = spec.execution.slurm
-    mem_mb = memory_mb(slurm.mem) if spec.execution.backend == "slurm" else None
-    settings = AttemptSettings(attempt=attempt, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
-                               mem_mb=mem_mb)
-    return settings.with_memory(memory or ladder_for(spec).start)
+    return spec_settings(spec, micro_batch_size, attempt).with_memory(memory or ladder_for(spec).start)
 
 
 def memory_limit_mb(spec: RunSpec) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,15 @@ def inspect_model_dir(model_dir: Path) -> ModelLayout:
     return inspect_config(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")))
 
 
+# transformers' lazy top-level module is not safe to import from several threads at once (a thread can see
+# "cannot import name 'AutoConfig'" while another is mid-import), and validation runs in Prefect's task
+# threads and in thread pools; one thread at a time builds a layout.
+_INSPECT_LOCK = threading.Lock()
+
+
 def inspect_config(config: dict[str, Any]) -> ModelLayout:
-    return _inspect_cached(json.dumps(config, sort_keys=True))
+    with _INSPECT_LOCK:
+        return _inspect_cached(json.dumps(config, sort_keys=True))
 
 
 @lru_cache(maxsize=8)

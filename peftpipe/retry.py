@@ -10,10 +10,14 @@ the run directory.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from peftpipe.failures import Diagnosis, FailureKind
 from peftpipe.memory_ladder import RUNG_TEXT, MemoryLadder, MemoryRungs
-from peftpipe.spec_execution import memory_text
+from peftpipe.spec_execution import memory_mb, memory_text
+
+if TYPE_CHECKING:
+    from peftpipe.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,15 @@ class AttemptSettings:
     def mem(self) -> str | None:
         """``--mem`` for this attempt, exact: ``4000M``, ``2G``."""
         return memory_text(self.mem_mb) if self.mem_mb is not None else None
+
+
+def spec_settings(spec: RunSpec, micro_batch_size: int | None = None, attempt: int = 1) -> AttemptSettings:
+    """The spec's own settings for a job, before any memory rung: the micro batch (the one place it defaults
+    to the spec's) and, on Slurm, the job's memory as written. Evaluation jobs run with these as they are."""
+    slurm = spec.execution.slurm
+    mem_mb = memory_mb(slurm.mem) if spec.execution.backend == "slurm" else None
+    return AttemptSettings(attempt=attempt, micro_batch_size=micro_batch_size or spec.train.micro_batch_size,
+                           mem_mb=mem_mb)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peftpipe.attempts import first_attempt
 from peftpipe.charts import CHART_FILE
 from peftpipe.backends import Backend, LineSink, StageCommand, StopRule, backend_for
 from peftpipe.engines.hf import command
 from peftpipe.evaluation import scores, with_baseline
 from peftpipe.paths import RunPaths
 from peftpipe.results import StageFailed, TrainResult
-from peftpipe.retry import AttemptSettings
+from peftpipe.retry import AttemptSettings, spec_settings
 from peftpipe.slurm.jobs import SOURCE_ROOT, stage_job
 from peftpipe.spec import LoadedSpec
 from peftpipe.spec_issues import SpecError
@@ -72,7 +71,7 @@ def evaluate_stage(loaded: LoadedSpec, paths: RunPaths, model_path: Path, on_lin
                    backend: Backend | None = None) -> dict[str, Any]:
     """Generate on the test split (a process or job), then score: exact match (raw and normalised), F1, loss,
     accuracy and macro-F1 for label tasks; with the base model's scores and the delta when it ran too."""
-    stage = stage_command(loaded, paths, "evaluate", first_attempt(loaded.spec), model_path)
+    stage = stage_command(loaded, paths, "evaluate", spec_settings(loaded.spec), model_path)
     outcome = (backend or backend_for(loaded)).run(loaded, paths, stage, on_line)
     if not outcome.succeeded:
         raise StageFailed("evaluate", outcome)
