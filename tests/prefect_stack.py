@@ -100,7 +100,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         subprocess.run([str(REPO / "scripts" / "stop_prefect_stack.sh")], cwd=REPO, env=env, timeout=120)
 
 
-SLURM = {"mem": "2G", "cpus_per_task": 1, "poll_max_interval_s": 5}
+SLURM = {"mem": "2G", "cpus_per_task": 1, "poll_max_interval_s": 2}
 
 
 def slurm_spec(directory: Path, hub_endpoint: str, **changes: Any) -> Path:

@@ -101,7 +101,7 @@ def test_slurm_two_ranks_ddp_on_gloo(tmp_path: Path, hub_endpoint: str, prefect_
 
     spec = automodel_spec(tmp_path, hub_endpoint, {
         "train.devices": 2, "train.micro_batch_size": 2, "execution.backend": "slurm",
-        "execution.slurm": {"mem": "4G", "cpus_per_task": 1, "poll_max_interval_s": 5}})
+        "execution.slurm": {"mem": "4G", "cpus_per_task": 1, "poll_max_interval_s": 2}})
     state = finetune(spec_path=str(spec), run_id="am-slurm", return_state=True)
     run_dir = tmp_path / "runs" / "am-slurm"
     # On failure, the jobs' own logs: the flow's message carries one line of evidence only.

@@ -31,7 +31,7 @@ def test_oom_retries_keep_the_global_batch_and_resume(tmp_path: Path, hub_endpoi
               "workdir": str(tmp_path / "runs"), "artifacts.store": f"file://{tmp_path / 'store'}",
               "train.max_steps": 10, "train.checkpoint_every": 5, "train.global_batch_size": 8,
               "execution.backend": backend, "execution.slurm": {"mem": "2G", "cpus_per_task": 1,
-                                                                "poll_max_interval_s": 5}}
+                                                                "poll_max_interval_s": 2}}
     if backend == "slurm":
         request.getfixturevalue("slurm_cluster")
     # The experiment loggers ride along: the flow feeds them from metrics.jsonl, whatever the backend.

@@ -17,7 +17,7 @@ from tests.conftest import write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
-SLURM = {"mem": "2G", "cpus_per_task": 1, "poll_max_interval_s": 5}
+SLURM = {"mem": "2G", "cpus_per_task": 1, "poll_max_interval_s": 2}
 
 
 def unique(run_id: str) -> str:
