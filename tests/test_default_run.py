@@ -32,7 +32,7 @@ def test_the_default_run_shows_the_adapter_learned() -> None:
         metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
         base = metrics["baseline"]
         assert metrics["records"] == base["records"] >= 15
-        # The margin a newcomer sees in the summary's base-vs-adapter table (0.20 / 0.24 vs 0.00 / 0.00 when
+        # The margin a newcomer sees in the summary's base-vs-adapter table (0.20 / 0.22 vs 0.00 / 0.00 when
         # this was written, seeded and deterministic on CPU).
         assert metrics["exact_match"] >= base["exact_match"] + 0.1, metrics
         assert metrics["f1"] >= base["f1"] + 0.1, metrics
