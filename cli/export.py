@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cli.specs import INVALID_SPEC_EXIT, errors
+from cli.specs import checked_run_id_option, errors
 
 console = Console()
 
@@ -37,13 +37,8 @@ def export(
     from peftpipe.artifacts import ArtifactStoreError
     from peftpipe.engines import engine_for
     from peftpipe.export import ExportError, export_stage
-    from peftpipe.safe_names import UnsafeName, check_run_id
 
-    try:
-        check_run_id(run_id, "RUN_ID")
-    except UnsafeName as error:
-        errors.print(str(error), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(INVALID_SPEC_EXIT) from None
+    checked_run_id_option(run_id, "RUN_ID")
     target = _store(store, spec, None, None)
     endpoint = os.environ.get("HF_ENDPOINT") or None
     cache_dir = None

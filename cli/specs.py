@@ -44,10 +44,10 @@ def load_or_exit(spec: Path, overrides: dict[str, Any]) -> LoadedSpec:
         raise typer.Exit(INVALID_SPEC_EXIT) from None
 
 
-def checked_run_id_option(run_id: str | None) -> str | None:
-    """``--run-id`` if it follows the run-id rule; else one line and exit 2."""
+def checked_run_id_option(run_id: str | None, where: str = "--run-id") -> str | None:
+    """``run_id`` (the option or argument ``where``) if it follows the run-id rule; else one line and exit 2."""
     try:
-        return None if run_id is None else check_run_id(run_id, "--run-id")
+        return None if run_id is None else check_run_id(run_id, where)
     except UnsafeName as error:
         errors.print(str(error), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(INVALID_SPEC_EXIT) from None

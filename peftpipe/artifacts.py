@@ -118,6 +118,7 @@ class FileArtifactStore:
         return checked_manifest(run_id, target.read_bytes(), self.url(run_id, MANIFEST)) if target.is_file() else None
 
     def remove_manifest(self, run_id: str) -> None:
+        check_run_id(run_id)
         (self.root / run_id / MANIFEST).unlink(missing_ok=True)
 
     def list_runs(self) -> list[str]:

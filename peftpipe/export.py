@@ -9,7 +9,7 @@ machine that can read the store and reach the Hub. Layout of ``out_dir``:
 - ``merged/`` (``merge=True``): base with the adapter merged, sharded safetensors, config and
   tokenizer, written only after its logits matched base + adapter (``parity.json``).
 
-This module imports no torch: merging is the engine's (``Engine.merge``), in its own process.
+This module imports no torch: merging is the engine's (``Engine.merge``), which imports them when called.
 """
 
 from __future__ import annotations
@@ -101,7 +101,10 @@ def export_run(store: ArtifactStore, run_id: str, out_dir: Path, engine_for: Cal
         raise ExportError(f"run {run_id!r}: its base model is the local directory {model_dir}, which is not here."
                           " Fix: export on the machine that has it, or train from a Hub repo (model.repo_id).")
     adapter_dir = out_dir / "adapter"
+    # A fresh export: nothing of an earlier one (a merge, its parity) may be published as this one's.
     shutil.rmtree(adapter_dir, ignore_errors=True)
+    shutil.rmtree(out_dir / "merged", ignore_errors=True)
+    (out_dir / "parity.json").unlink(missing_ok=True)
     try:
         restore(store, run_id, "adapter", adapter_dir)
         metrics = _stored_json(store, run_id, "evaluate/metrics.json") or manifest.get("metrics") or {}
@@ -120,7 +123,10 @@ def export_run(store: ArtifactStore, run_id: str, out_dir: Path, engine_for: Cal
     if result.merged_dir is not None:
         (result.merged_dir / "README.md").write_text(model_card(run_id, manifest, spec, metrics, result.parity,
                                                                 merged=True), encoding="utf-8")
-    result.files = {f"export/{p.relative_to(out_dir).as_posix()}": p for p in sorted(out_dir.rglob("*"))
+    # Only what this export wrote: out_dir may be a folder that holds other files (--out .).
+    written = [*adapter_dir.rglob("*"), *(result.merged_dir.rglob("*") if result.merged_dir else ()),
+               *([out_dir / "parity.json"] if merge else [])]
+    result.files = {f"export/{p.relative_to(out_dir).as_posix()}": p for p in sorted(written)
                     if p.is_file() and not p.name.startswith(".")}
     return result
 

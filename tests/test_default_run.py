@@ -27,7 +27,9 @@ def test_the_default_run_shows_the_adapter_learned() -> None:
                           capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    run_dir = Path(re.search(r"run directory: (\S+)", output).group(1))
+    found = re.search(r"run directory: (\S+)", output)
+    assert found, output[-3000:]
+    run_dir = Path(found.group(1))
     try:
         metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
         base = metrics["baseline"]

@@ -150,12 +150,19 @@ def test_export_flow_adds_the_export_to_the_run(tmp_path: Path, hub_root: Path, 
     sha = MirrorRoot(hub_root).commit_sha(TINY_REPO_ID)
     publish_random_adapter(store, "run-2", hub_root / TINY_REPO_ID, load_spec(spec_path).spec.model_dump(mode="json"),
                            {"repo_id": TINY_REPO_ID, "commit_sha": sha}, ["q_proj", "v_proj"], tmp_path)
+    # The export folder already holds a user's file and an earlier merge: neither is published as this export.
+    out = tmp_path / "runs" / "run-2" / "export"
+    (out / "merged").mkdir(parents=True)
+    (out / "merged" / "config.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
     state = export_run(run_id="run-2", spec_path=str(spec_path), return_state=True)
     assert state.is_completed(), state.result(raise_on_failure=False)
     summary = state.result()
-    assert summary["merged"] is None and (tmp_path / "runs" / "run-2" / "export" / "adapter" / "README.md").is_file()
+    assert summary["merged"] is None and (out / "adapter" / "README.md").is_file()
     keys = {o["key"] for o in json.loads((store / "run-2" / "manifest.json").read_text())["objects"]}
     assert "export/adapter/adapter_model.safetensors" in keys
+    assert not {k for k in keys if k.startswith("export/") and not k.startswith("export/adapter/")}, keys
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "merged").exists()
 
     unknown = export_run(run_id="no-such-run", spec_path=str(spec_path), return_state=True)
     assert unknown.is_failed() and "not in the artifact store" in str(unknown.result(raise_on_failure=False))

@@ -82,7 +82,9 @@ def test_other_methods_train_and_generate(tmp_path: Path, hub_root: Path, method
     baseline = [json.loads(line) for line in paths.baseline_predictions_file.read_text().splitlines()]
     assert [r["input"] for r in baseline] == [r["input"] for r in rows]
     summary = json.loads(paths.eval_summary_file.read_text())
-    assert summary["predictions_changed_by_adapter"] > 0 or summary["baseline_loss"] != summary["loss"]
+    # The engine's count of changed predictions is the files' own (the script refuses a run where none changed
+    # and the loss is the same).
+    assert summary["predictions_changed_by_adapter"] == sum(b["pred"] != r["pred"] for b, r in zip(baseline, rows))
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path, hub_root: Path) -> None:

@@ -17,6 +17,7 @@ derived from the paths and contents of its files, so it changes whenever a file 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import socket
@@ -130,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
                         f"this mirror takes no writes ({path})", True)
             return
         token = self.mirror.write_token
-        if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+        if token is not None and not hmac.compare_digest(self.headers.get("Authorization") or "", f"Bearer {token}"):
             self._error(HTTPStatus.UNAUTHORIZED, "Unauthorized", "a write needs the mirror's token", True)
             return
         endpoint = f"http://{self.headers.get('Host')}"

@@ -1,7 +1,8 @@
 """Merge an HF PEFT adapter into its base model, and prove the merge changed nothing a user sees.
 
-``peftpipe export --merge`` calls :func:`merge_with_parity` in its own process; torch,
-transformers and peft are imported here only. The merged model is written to a staging folder,
+``peftpipe export --merge`` calls :func:`merge_with_parity` in the exporting process (the CLI, or
+the export flow's worker): fine for the small models tested here, a 7B merge wants a node with the
+memory for it. torch, transformers and peft are imported here only. The merged model is written to a staging folder,
 loaded back from disk as stock transformers loads it, and its logits are compared with those of
 base + adapter (computed before merging) on a few prompts; only a model within the tolerance
 moves into place. Merged models that silently produce garbage (a wrong scaling, a dropped tied
@@ -45,12 +46,18 @@ def merge_with_parity(base_path: Path, adapter_dir: Path, out_dir: Path, prompts
 
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    merged.save_pretrained(staging, max_shard_size=max_shard_size)
-    tokenizer.save_pretrained(staging)
-    reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype="auto").eval()
-    with torch.no_grad():
-        diffs = [float((reloaded(**batch).logits.float() - ref).abs().max()) for batch, ref in zip(encoded, reference)]
-        merged_text = [_greedy(reloaded, batch, tokenizer) for batch in encoded]
+    try:
+        merged.save_pretrained(staging, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(staging)
+        del model, merged, base  # one model in memory at a time: the reloaded one is next
+        reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype="auto").eval()
+        with torch.no_grad():
+            diffs = [float((reloaded(**batch).logits.float() - ref).abs().max())
+                     for batch, ref in zip(encoded, reference)]
+            merged_text = [_greedy(reloaded, batch, tokenizer) for batch in encoded]
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     max_diff = max(diffs)
     parity = {
         "prompts": len(prompts),
