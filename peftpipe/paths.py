@@ -58,6 +58,11 @@ class RunPaths:
         return self.finetune_dir / "train_summary.json"
 
     @property
+    def model_layout_file(self) -> Path:
+        """The model's layout, written by the fetch stage's model check (``model_fit``)."""
+        return self.root / "model_layout.json"
+
+    @property
     def evaluate_dir(self) -> Path:
         return self.root / "evaluate"
 

@@ -73,7 +73,7 @@ def check_fetched_model(loaded: LoadedSpec, paths: RunPaths, model_dir: Path) ->
     if issues:
         raise SpecError(issues)
     if layout is not None:
-        write_layout(layout, paths.root / "model_layout.json")
+        write_layout(layout, paths.model_layout_file)
 
 
 def prepare_stage(loaded: LoadedSpec, paths: RunPaths) -> PreparedData:

@@ -45,6 +45,7 @@ def test_cli_and_core_start_without_torch() -> None:
     engine_scripts = {"peftpipe.__main__", "peftpipe.engines.hf.train", "peftpipe.engines.hf.generate",
                       "peftpipe.engines.hf.modeling", "peftpipe.engines.hf.packing", "peftpipe.engines.hf.fast_kernels",
                       "peftpipe.engines.hf.fused_projections", "peftpipe.engines.hf.fused_qkv",
-                      "peftpipe.engines.hf.checkpoints", "peftpipe.engines.hf.offload", "peftpipe.engines.hf.sharding"}
+                      "peftpipe.engines.hf.checkpoints", "peftpipe.engines.hf.offload", "peftpipe.engines.hf.sharding",
+                      "peftpipe.engines.hf.script_common"}
     result = run_blocked({"torch", "transformers", "peft"}, engine_scripts)
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,7 @@ from peftpipe.data.prepare import prepare_dataset
 from peftpipe.engines.hf.fast_kernels import ChunkedLinearCrossEntropy
 from peftpipe.engines.hf.modeling import loss_sum, prepare_model
 from peftpipe.engines.hf.packing import IGNORE_INDEX, collate, label_tokens, plan_micro_batches, plan_packed
-from peftpipe.engines.hf.train import encode_record, read_records
+from peftpipe.engines.hf.script_common import encode_record, read_records
 from peftpipe.paths import RunPaths
 from peftpipe.validation import load_spec
 from tests.conftest import TINY_REPO_ID, write_spec

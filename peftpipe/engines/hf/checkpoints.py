@@ -41,11 +41,6 @@ def checkpoints_newest_first(checkpoint_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), reverse=True)
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoint with a state file (not verified; :func:`load_latest_intact` verifies)."""
-    return next((p for p in checkpoints_newest_first(checkpoint_dir) if (p / "state.pt").is_file()), None)
-
-
 def save_checkpoint(checkpoint_dir: Path, step: int, peft_model: Any, optimizer: Any, scheduler: Any,
                     adapter_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write to a temporary directory, fsync, rename: a killed job or a power loss never leaves half a
@@ -122,16 +117,3 @@ def restore_training_state(state: dict[str, Any], optimizer: Any, scheduler: Any
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
     return int(state["step"])
-
-
-def load_latest_intact(checkpoint_dir: Path, peft_model: Any, optimizer: Any, scheduler: Any,
-                       say: Callable[[str], None] = print) -> tuple[Path, int] | None:
-    """Load the newest checkpoint that verifies; None when there is none. Skipped ones are named."""
-    from peft import set_peft_model_state_dict
-
-    found = latest_intact_state(checkpoint_dir, say)
-    if found is None:
-        return None
-    path, state = found
-    set_peft_model_state_dict(peft_model, state["adapter"])
-    return path, restore_training_state(state, optimizer, scheduler)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from peftpipe.engines.hf.modeling import load_base_model, mean_loss, resolve_precision
-from peftpipe.engines.hf.train import encode_record, prompt_prefix, read_records, script_main, truncate_prompt
+from peftpipe.engines.hf.script_common import encode_record, prompt_prefix, read_records, script_main, truncate_prompt
 
 
 def generate(config: dict[str, Any]) -> dict[str, Any]:

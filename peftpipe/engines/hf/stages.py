@@ -104,8 +104,8 @@ def run_files(paths: RunPaths) -> dict[str, Path]:
         "evaluate/metrics.json": paths.metrics_file,
         "evaluate/eval_summary.json": paths.eval_summary_file,
     })
-    if (paths.root / "model_layout.json").is_file():  # written by the fetch stage's model check
-        files["model_layout.json"] = paths.root / "model_layout.json"
+    if paths.model_layout_file.is_file():  # written by the fetch stage's model check
+        files[paths.model_layout_file.name] = paths.model_layout_file
     files.update(paths.attempt_files(("finetune", "evaluate")))
     chart = paths.finetune_dir / CHART_FILE  # drawn by the flow while training ran
     if chart.is_file():

@@ -26,7 +26,6 @@ Features:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -60,37 +59,8 @@ from peftpipe.engines.hf.sharding import (
     shard_model,
     shard_optimizer_state,
 )
-from peftpipe.engines.hf.packing import IGNORE_INDEX, collate, label_tokens, plan_micro_batches
-
-
-# --- records into token ids ---------------------------------------------------------------------
-
-
-def prompt_prefix(template: str) -> str:
-    """The template up to its final ``{output}``: what the model sees before the answer."""
-    return template[: template.rindex("{output}")]
-
-
-def encode_record(record: dict[str, Any], template: str, tokenizer: Any, max_seq_length: int) -> dict[str, list[int]]:
-    """Token ids and labels for one record; the prompt is cut from the left if too long."""
-    prompt_ids = tokenizer(prompt_prefix(template).format(**record), add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    answer_ids = answer_ids[: max_seq_length - 1]
-    prompt_ids = truncate_prompt(prompt_ids, max_seq_length - len(answer_ids), tokenizer.bos_token_id)
-    return {"input_ids": prompt_ids + answer_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids}
-
-
-def truncate_prompt(ids: list[int], budget: int, bos_id: int | None) -> list[int]:
-    """Cut a too-long prompt from the left (keeping BOS): the question sits at its end."""
-    if len(ids) <= budget:
-        return ids
-    keep_bos = ids[:1] if ids and ids[0] == bos_id else []
-    return keep_bos + ids[len(ids) - (budget - len(keep_bos)) :]
-
-
-def read_records(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+from peftpipe.engines.hf.packing import collate, label_tokens, plan_micro_batches
+from peftpipe.engines.hf.script_common import encode_record, read_records, script_main
 
 
 def global_batch_indices(step: int, global_batch_size: int, n_samples: int, seed: int) -> list[int]:
@@ -105,16 +75,6 @@ def global_batch_indices(step: int, global_batch_size: int, n_samples: int, seed
         indices += order[offset : offset + take]
         position += take
     return indices
-
-
-def quiet_libraries() -> None:
-    """Keep job logs to what a person reads: no progress bars, no deprecation chatter."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    hf_logging.disable_progress_bar()
 
 
 # --- measurement ----------------------------------------------------------------------------------
@@ -474,19 +434,6 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     if world > 1:
         torch.distributed.destroy_process_group()
     return summary
-
-
-def script_main(run: Any, description: str, argv: list[str] | None = None) -> None:
-    """The command line shared by the engine's scripts: ``--config CONFIG.json``."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="JSON file written by peftpipe")
-    args = parser.parse_args(argv)
-    injected_exit = os.environ.get("PEFTPIPE_FAULT_EXIT_CODE")  # test-only, off unless set
-    if injected_exit:
-        print(f"injected failure: exiting with code {injected_exit}", flush=True)
-        sys.exit(int(injected_exit))
-    quiet_libraries()
-    run(json.loads(Path(args.config).read_text()))
 
 
 if __name__ == "__main__":
